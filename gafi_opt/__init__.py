@@ -1,0 +1,1 @@
+"""gafi-opt: the GaFi pipeline as a chain of Optuna studies."""

@@ -1,0 +1,313 @@
+"""The study spec: a study file (TOML) validated into frozen dataclasses.
+
+A spec is everything a worker needs to run a pipeline. It is stored as JSON in the
+pipeline's Optuna user attrs, so a process that knows only the storage URL and the
+pipeline name can continue the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gafi_opt.errors import GafiError
+
+STAGE_NAMES = ("checkpoint", "stddev", "threshold", "final")
+DATA_SOURCES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cinic10", "npz", "folder")
+SEARCH_MODES = ("grid", "tpe", "gp")
+PRUNERS = ("none", "median", "percentile", "sha", "hyperband")
+AUGMENTATIONS = ("flip", "crop", "cutout")
+OBJECTIVES = ("synthetic-only", "augment")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "digits"
+    root: str = ""  # dataset folder (torchvision, image folder) or the .npz file
+    download: bool = False  # torchvision sources only; never at test time
+    val_fraction: float = 0.15  # carved from train (stratified, seeded) when a source has no val split
+    test_fraction: float = 0.2  # carved first, only for sources with no test split (digits)
+    image_size: int = 0  # zero-pad to this size (28 -> 32); 0 keeps the native size
+    real_fraction: float = 1.0  # stratified fraction of real train used for every model (data-scarce runs)
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    arch: str = "mlp"  # mlp, dcgan, biggan-deep, or a factory "package.module:function"
+    latent_dim: int = 32
+    width: int = 128
+    embed_dim: int = 128  # shared class embedding (biggan-deep)
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    d_steps: int = 1  # discriminator steps per generator step
+    ema_decay: float = 0.999
+    ema_start: int = 0  # generator step from which EMA averaging starts (weights copied before)
+    checkpoints: str = ""  # bring your own: a folder or glob of {epoch}.pt state dicts; skips training
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for a factory
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    arch: str = "small-cnn"  # small-cnn or resnet20
+    width: int = 32
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4  # decoupled: p <- p * (1 - weight_decay * lr_t / lr), every step
+    lr_milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of the epochs after which lr is x0.1
+    augment: tuple[str, ...] = ("crop",)
+    crop_padding: int = 4
+    cutout_size: int = 8
+    eval_batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    samples_per_class: int = 0  # 0: real train size / number of classes, as in the paper
+    max_attempts: int = 10  # filtering rounds before the rest is filled with unfiltered samples
+    batch_size: int = 1024  # images per generator / filter forward pass
+    recycle_fraction: float = 1.0  # share of the set renewed at each recycle
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    search: str = "grid"  # grid: every value once (paper); tpe or gp: a budgeted search over the range
+    values: tuple[float, ...] = ()
+    n_trials: int = 0  # budget of a tpe/gp search (0: a quarter of the grid)
+    recycle_every: int = 10  # Dynamic Dataset Recycle period N, in classifier epochs
+    pruner: str = "median"
+    pruner_warmup: int = 5  # epochs reported before a median/percentile pruner may cut a trial
+    pruner_startup_trials: int = 3
+    seeds: int = 1  # repetitions of each point with different seeds (final stage)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    seed: int = 0
+    run_dir: str = ""  # default runs/<name>
+    storage: str = ""  # default sqlite:///<run_dir>/gafi.db
+    device: str = "auto"
+    selection: str = "val"  # val, or test to reproduce the paper's (test-selected) choices
+    objective: str = "synthetic-only"  # or augment: real subset + synthetic at augment_ratio
+    augment_ratio: float = 1.0  # synthetic images per real image in augment mode
+    data: DataSpec = field(default_factory=DataSpec)
+    generator: GeneratorSpec = field(default_factory=GeneratorSpec)
+    filter: ClassifierSpec = field(default_factory=lambda: ClassifierSpec(epochs=30))
+    cas: ClassifierSpec = field(default_factory=ClassifierSpec)
+    synth: SynthSpec = field(default_factory=SynthSpec)
+    checkpoint: StageSpec = field(default_factory=StageSpec)
+    stddev: StageSpec = field(default_factory=StageSpec)
+    threshold: StageSpec = field(default_factory=StageSpec)
+    final: StageSpec = field(default_factory=lambda: StageSpec(recycle_every=1, seeds=3, pruner="none"))
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.run_path / 'gafi.db'}"
+
+    def stage(self, name: str) -> StageSpec:
+        return getattr(self, name)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Spec":
+        return spec_from_dict(json.loads(text), "stored spec")
+
+    def with_overrides(self, overrides: list[str]) -> "Spec":
+        raw = json.loads(self.to_json())
+        apply_overrides(raw, overrides)
+        return spec_from_dict(raw, "spec with overrides")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    """Read a study file, apply `key=value` overrides and validate. Raises GafiError."""
+    path = Path(path)
+    if not path.is_file():
+        raise GafiError(f"study file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GafiError(f"study file {path} is not valid TOML: {exc}") from None
+    raw.setdefault("name", path.stem)
+    apply_overrides(raw, list(overrides))
+    return spec_from_dict(raw, str(path))
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> None:
+    """Apply `a.b.c=value` strings; the value is read as a TOML literal, else as a string."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise GafiError(f"--set expects key=value, got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise GafiError(f"--set {key}: {part!r} is not a table")
+        node[leaf] = _parse_literal(text.strip())
+
+
+def _parse_literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def spec_from_dict(raw: dict, origin: str) -> Spec:
+    spec = _build(Spec, raw, origin, prefix="")
+    _validate(spec, origin)
+    return spec
+
+
+def _build(cls, raw: Any, origin: str, prefix: str):
+    if not isinstance(raw, dict):
+        raise GafiError(f"{origin}: {prefix.rstrip('.') or 'spec'} must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise GafiError(f"{origin}: unknown key {prefix}{unknown[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, origin, prefix=f"{key}.")
+        elif name == "values" and cls is StageSpec:
+            kwargs[name] = _grid_values(value, origin, key)
+        else:
+            kwargs[name] = _coerce(value, hint, origin, key)
+    if "name" in names and "name" not in kwargs:
+        raise GafiError(f"{origin}: missing key 'name'")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, origin: str, key: str) -> Any:
+    origin_type = typing.get_origin(hint)
+    if origin_type is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise GafiError(f"{origin}: {key} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        item_hint = args[0]
+        if len(args) == 2 and args[1] is not Ellipsis and len(value) != 2:
+            raise GafiError(f"{origin}: {key} must have 2 items, got {len(value)}")
+        return tuple(_coerce(v, item_hint, origin, key) for v in value)
+    if origin_type is dict:
+        if not isinstance(value, dict):
+            raise GafiError(f"{origin}: {key} must be a table")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise GafiError(f"{origin}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GafiError(f"{origin}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GafiError(f"{origin}: {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise GafiError(f"{origin}: {key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _grid_values(value: Any, origin: str, key: str) -> tuple[float, ...]:
+    """A grid is a list of numbers or a table {start, stop, step} with stop included."""
+    if isinstance(value, dict):
+        extra = set(value) - {"start", "stop", "step"}
+        if extra or not {"start", "stop", "step"} <= set(value):
+            raise GafiError(f"{origin}: {key} must be a list or a table with start, stop and step")
+        start, stop, step = (_coerce(value[k], float, origin, f"{key}.{k}") for k in ("start", "stop", "step"))
+        if step <= 0 or stop < start:
+            raise GafiError(f"{origin}: {key} needs step > 0 and stop >= start")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        return tuple(round(start + i * step, 10) for i in range(count))
+    return _coerce(value, tuple[float, ...], origin, key)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _validate(spec: Spec, origin: str) -> None:
+    def fail(message: str):
+        raise GafiError(f"{origin}: {message}")
+
+    if not spec.name or "/" in spec.name:
+        fail(f"name must be a non-empty string without '/', got {spec.name!r}")
+    if spec.data.source not in DATA_SOURCES:
+        fail(f"unknown dataset source {spec.data.source!r} (known: {', '.join(DATA_SOURCES)})")
+    if spec.data.source in ("npz", "folder", "cinic10") and not spec.data.root:
+        fail(f"data.root must name the {spec.data.source} data for this source")
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 < getattr(spec.data, key) < 1:
+            fail(f"data.{key} must be in (0, 1)")
+    if not 0 < spec.data.real_fraction <= 1:
+        fail("data.real_fraction must be in (0, 1]")
+    if spec.selection not in ("val", "test"):
+        fail("selection must be 'val' or 'test'")
+    if spec.objective not in OBJECTIVES:
+        fail(f"objective must be one of {', '.join(OBJECTIVES)}")
+    if spec.augment_ratio <= 0:
+        fail("augment_ratio must be > 0")
+    if spec.generator.epochs < 1 or spec.generator.latent_dim < 1:
+        fail("generator.epochs and generator.latent_dim must be >= 1")
+    for part in ("filter", "cas"):
+        cspec: ClassifierSpec = getattr(spec, part)
+        bad = [a for a in cspec.augment if a not in AUGMENTATIONS]
+        if bad:
+            fail(f"{part}.augment: unknown augmentation {bad[0]!r} (known: {', '.join(AUGMENTATIONS)})")
+        if cspec.epochs < 1 or cspec.batch_size < 1:
+            fail(f"{part}.epochs and {part}.batch_size must be >= 1")
+        if any(not 0 < m < 1 for m in cspec.lr_milestones):
+            fail(f"{part}.lr_milestones are fractions of the epochs, each in (0, 1)")
+    if spec.synth.max_attempts < 1:
+        fail("synth.max_attempts must be >= 1")
+    if not 0 < spec.synth.recycle_fraction <= 1:
+        fail("synth.recycle_fraction must be in (0, 1]")
+    for name in STAGE_NAMES:
+        stage = spec.stage(name)
+        where = f"{name}."
+        if stage.search not in SEARCH_MODES:
+            fail(f"{where}search must be one of {', '.join(SEARCH_MODES)}")
+        if stage.pruner not in PRUNERS:
+            fail(f"{where}pruner must be one of {', '.join(PRUNERS)}")
+        if stage.recycle_every < 0:
+            fail(f"{where}recycle_every must be >= 0 (0: never renew)")
+        if stage.seeds < 1:
+            fail(f"{where}seeds must be >= 1")
+    if not spec.checkpoint.values:
+        fail("checkpoint.values must list the generator epochs to compare")
+    if any(v < 1 or v != int(v) for v in spec.checkpoint.values):
+        fail("checkpoint.values must be whole epochs >= 1")
+    if not spec.generator.checkpoints and max(spec.checkpoint.values) > spec.generator.epochs:
+        fail(f"checkpoint.values go past generator.epochs ({spec.generator.epochs})")
+    if not spec.stddev.values or any(v <= 0 for v in spec.stddev.values):
+        fail("stddev.values must be numbers > 0")
+    if not spec.threshold.values or any(not 0 <= v < 1 for v in spec.threshold.values):
+        fail("threshold.values must lie in [0, 1)")
