@@ -1,0 +1,145 @@
+"""Classification Accuracy Score: train a classifier on synthetic data, test it on real data.
+
+`TrialContext` holds what every trial of a worker shares (real data on the device, the
+filter classifier, recently used generator checkpoints); `train_cas` runs one trial:
+it builds the SyntheticSource for a TrialConfig, trains the CAS classifier with the
+Dynamic Dataset Recycle schedule, reports real-val accuracy per epoch to Optuna (which
+may prune the trial) and returns val and test accuracy with the synthesis statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import optuna
+import torch
+from tqdm.auto import tqdm
+
+from gafi_opt.checkpoints import load_generator, require_checkpoints
+from gafi_opt.data import RealData
+from gafi_opt.spec import Spec
+from gafi_opt.stages import TrialConfig
+from gafi_opt.synth import SyntheticSource
+from gafi_opt.train.classifier import ClassifierTrainer
+from gafi_opt.train.real import load_filter
+
+
+@dataclass
+class CasResult:
+    val_acc: float
+    test_acc: float
+    epochs: int
+    seconds: float
+    acceptance_rate: float
+    fallback: int
+    val_history: list[float] = field(default_factory=list)
+    pruned: bool = False
+
+    def user_attrs(self) -> dict:
+        return {
+            "val_acc": self.val_acc,
+            "test_acc": self.test_acc,
+            "classifier_epochs": self.epochs,
+            "seconds": round(self.seconds, 3),
+            "acceptance_rate": self.acceptance_rate,
+            "fallback_samples": self.fallback,
+            "val_history": self.val_history,
+        }
+
+
+class TrialContext:
+    """What the trials of one worker share; loaded once per worker."""
+
+    GENERATOR_CACHE = 2
+
+    def __init__(self, spec: Spec, data: RealData, device: torch.device):
+        self.spec = spec
+        self.data = data
+        self.device = device
+        self.train = (data.train_x.to(device), data.train_y.to(device))
+        self.val = (data.val_x.to(device), data.val_y.to(device))
+        self.test = (data.test_x.to(device), data.test_y.to(device))
+        self.filter_model = load_filter(spec, data.image_shape, data.num_classes, device)
+        self._generators: OrderedDict[int, torch.nn.Module] = OrderedDict()
+
+    def generator(self, epoch: int) -> torch.nn.Module:
+        if epoch not in self._generators:
+            path = require_checkpoints(self.spec, [epoch])[epoch]
+            self._generators[epoch] = load_generator(self.spec, path, self.data.image_shape, self.data.num_classes, self.device)
+            while len(self._generators) > self.GENERATOR_CACHE:
+                self._generators.popitem(last=False)
+        self._generators.move_to_end(epoch)
+        return self._generators[epoch]
+
+    @property
+    def per_class(self) -> int:
+        """Synthetic images per class: the spec's, else real train size / classes (paper)."""
+        if self.spec.synth.samples_per_class:
+            return self.spec.synth.samples_per_class
+        if self.spec.objective == "augment":
+            return max(1, round(self.spec.augment_ratio * self.data.train_y.numel() / self.data.num_classes))
+        return max(1, self.data.train_y.numel() // self.data.num_classes)
+
+    def source(self, config: TrialConfig) -> SyntheticSource:
+        synth = self.spec.synth
+        return SyntheticSource(
+            self.generator(config.checkpoint),
+            self.data.num_classes,
+            self.per_class,
+            stddev=config.stddev,
+            threshold=config.threshold,
+            filter_model=self.filter_model if config.threshold is not None else None,
+            max_attempts=synth.max_attempts,
+            batch_size=synth.batch_size,
+            device=self.device,
+            seed=config.seed,
+        )
+
+
+def train_cas(ctx: TrialContext, config: TrialConfig, trial: optuna.Trial | None = None, progress: bool = False) -> CasResult:
+    """Train one CAS classifier on the synthetic stream of `config`. Raises TrialPruned when cut."""
+    spec = ctx.spec
+    started = time.perf_counter()
+    source = ctx.source(config)
+    source.fill()
+    trainer = ClassifierTrainer(spec.cas, ctx.data.image_shape, ctx.data.num_classes, ctx.device, seed=config.seed)
+    history: list[float] = []
+    bar = tqdm(range(1, spec.cas.epochs + 1), desc=f"{config.stage} trial", unit="epoch", leave=False, disable=not progress)
+    for epoch in bar:
+        if config.recycle_every and epoch > 1 and (epoch - 1) % config.recycle_every == 0:
+            source.recycle(spec.synth.recycle_fraction)
+        images, labels = _training_set(ctx, source)
+        trainer.train_epoch(images, labels)
+        history.append(trainer.evaluate(*ctx.val))
+        bar.set_postfix(val_acc=f"{history[-1]:.4f}", accept=f"{source.stats.acceptance_rate:.2f}")
+        if trial is not None:
+            trial.report(history[-1], epoch)
+            if trial.should_prune():
+                result = _result(ctx, trainer, source, history, started, test=False)
+                result.pruned = True
+                for key, value in result.user_attrs().items():
+                    trial.set_user_attr(key, value)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with val accuracy {history[-1]:.4f}")
+    bar.close()
+    return _result(ctx, trainer, source, history, started, test=True)
+
+
+def _training_set(ctx: TrialContext, source: SyntheticSource) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic-only (CAS) or, in augment mode, the real train subset plus the synthetic set."""
+    if ctx.spec.objective == "augment":
+        return torch.cat([ctx.train[0], source.images]), torch.cat([ctx.train[1], source.labels])
+    return source.images, source.labels
+
+
+def _result(ctx, trainer, source, history, started, test: bool) -> CasResult:
+    return CasResult(
+        val_acc=history[-1],
+        test_acc=trainer.evaluate(*ctx.test) if test else float("nan"),
+        epochs=len(history),
+        seconds=time.perf_counter() - started,
+        acceptance_rate=source.stats.acceptance_rate,
+        fallback=int(source.stats.fallback.sum()),
+        val_history=history,
+    )

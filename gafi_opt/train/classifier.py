@@ -1,0 +1,93 @@
+"""Classifier training on uint8 image tensors that already sit on the training device.
+
+No DataLoader: each epoch draws an index permutation on the device, slices whole batches,
+normalises and augments them there. The optimiser is SGD (Nesterov) with *decoupled*
+weight decay, applied every step as p <- p * (1 - weight_decay * lr_t / lr_0)
+(Loshchilov & Hutter's SGDW, where the decay follows the learning-rate schedule).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gafi_opt.augment import augment, to_float
+from gafi_opt.models import build_classifier
+from gafi_opt.spec import ClassifierSpec
+
+
+class ClassifierTrainer:
+    def __init__(self, spec: ClassifierSpec, image_shape, num_classes: int, device: torch.device, seed: int):
+        torch.manual_seed(seed)
+        self.spec = spec
+        self.device = device
+        self.model: nn.Module = build_classifier(spec, image_shape, num_classes).to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            self.params,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            nesterov=spec.nesterov and spec.momentum > 0,
+            **_fast_optimizer_flags(device),
+        )
+        milestones = sorted({max(1, round(m * spec.epochs)) for m in spec.lr_milestones})
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=0.1)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.epoch = 0
+
+    def train_epoch(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One pass over (images, labels) in shuffled batches; returns the mean loss."""
+        self.model.train()
+        spec = self.spec
+        order = torch.randperm(images.shape[0], device=self.device, generator=self.gen)
+        decay = 1.0 - spec.weight_decay * self.optimizer.param_groups[0]["lr"] / spec.lr
+        total = torch.zeros((), device=self.device)
+        for start in range(0, order.numel(), spec.batch_size):
+            idx = order[start : start + spec.batch_size]
+            x = augment(to_float(images[idx]), spec.augment, spec.crop_padding, spec.cutout_size, self.gen)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                loss = F.cross_entropy(self.model(x), labels[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if spec.weight_decay:
+                with torch.no_grad():
+                    torch._foreach_mul_(self.params, decay)
+            total += loss.detach() * idx.numel()
+        self.scheduler.step()
+        self.epoch += 1
+        return float(total) / max(1, images.shape[0])
+
+    @torch.inference_mode()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """Top-1 accuracy as a fraction, in large batches."""
+        return float(accuracy(self.model, images, labels, self.spec.eval_batch_size))
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, images_uint8: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    model.eval()
+    out = []
+    for start in range(0, images_uint8.shape[0], batch_size):
+        x = to_float(images_uint8[start : start + batch_size])
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            out.append(model(x).float().softmax(1))
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    if images.shape[0] == 0:
+        return torch.zeros(())
+    predictions = predict_proba(model, images, batch_size).argmax(1)
+    return (predictions == labels).float().mean()
+
+
+def _fast_optimizer_flags(device: torch.device) -> dict:
+    # The fused kernel exists for CUDA; foreach is the fast path elsewhere.
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
