@@ -8,9 +8,7 @@ Splits a source lacks are carved from its train split, stratified and seeded by
 
 from __future__ import annotations
 
-import os
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +100,7 @@ def _read_digits(spec: DataSpec) -> _Loaded:
 
 
 def _read_torchvision(spec: DataSpec) -> _Loaded:
-    import torchvision.datasets
+    import torchvision.datasets  # lazy: torchvision imports slowly
 
     class_name, subfolder = TORCHVISION_SOURCES[spec.source]
     dataset_class = getattr(torchvision.datasets, class_name)
@@ -159,7 +157,7 @@ def _read_npz(spec: DataSpec) -> _Loaded:
 
 def _read_folder(spec: DataSpec) -> _Loaded:
     """An ImageFolder tree: root/{train,valid|val,test}/<class>/<image>."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset  # lazy: torchvision imports slowly
 
     root = Path(spec.root)
     if not root.is_dir():
@@ -172,10 +170,10 @@ def _read_folder(spec: DataSpec) -> _Loaded:
         if not folder.is_dir():
             raise GafiError(f"image folder {root} has no {folder.name}/ split folder")
 
-    classes, class_to_idx = _find_classes(folders["train"], find_classes)
+    classes, class_to_idx = _find_classes(folders["train"])
     samples = {}
     for key, folder in folders.items():
-        found, _ = _find_classes(folder, find_classes)
+        found, _ = _find_classes(folder)
         if found != classes:
             raise GafiError(
                 f"class folders of {folder} ({', '.join(found)}) differ from those of "
@@ -188,7 +186,7 @@ def _read_folder(spec: DataSpec) -> _Loaded:
 
     # Decode every image of every split in one pass, so channels and sizes are unified across splits.
     paths = [path for key in folders for path, _ in samples[key]]
-    images = _stack_images(_decode_all(paths), paths)
+    images = _stack_images([_decode(path) for path in paths], paths)
     splits, start = {}, 0
     for key in folders:
         labels = torch.tensor([label for _, label in samples[key]], dtype=torch.int64)
@@ -198,17 +196,14 @@ def _read_folder(spec: DataSpec) -> _Loaded:
     return _Loaded(splits, name, num_classes=len(classes))
 
 
-def _find_classes(folder: Path, find_classes) -> tuple[list[str], dict[str, int]]:
+def _find_classes(folder: Path) -> tuple[list[str], dict[str, int]]:
+    """Class folder names, sorted, as ImageFolder numbers them."""
+    from torchvision.datasets.folder import find_classes
+
     try:
         return find_classes(str(folder))
     except FileNotFoundError:
         raise GafiError(f"{folder} has no class folders") from None
-
-
-def _decode_all(paths: list[str]) -> list[np.ndarray]:
-    # Pillow releases the GIL while decoding, so threads give a real speed-up on big folders.
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        return list(pool.map(_decode, paths))
 
 
 def _decode(path: str) -> np.ndarray:
@@ -216,7 +211,7 @@ def _decode(path: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             mode = "L" if image.mode in ("1", "L", "LA") else "RGB"
-            return np.asarray(image.convert(mode))
+            return np.asarray(image if image.mode == mode else image.convert(mode))
     except OSError as exc:
         raise GafiError(f"cannot read image {path}: {exc}") from None
 
@@ -271,7 +266,8 @@ def _complete_splits(loaded: _Loaded, spec: DataSpec) -> dict[str, Split]:
     splits = dict(loaded.splits)
     for key, fraction in (("test", spec.test_fraction), ("val", spec.val_fraction)):
         if key not in splits:
-            splits["train"], splits[key] = _carve(*splits["train"], fraction, spec.split_seed, key, loaded.name)
+            x, y = splits["train"]
+            splits["train"], splits[key] = _carve(x, y, fraction, spec.split_seed, key, loaded.name)
     return splits
 
 
@@ -281,7 +277,7 @@ def _carve(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int, key: st
             np.arange(len(y)), test_size=fraction, stratify=y.numpy(), random_state=seed
         )
     except ValueError as exc:
-        raise GafiError(f"cannot carve a stratified {key} split ({fraction}) from {name} train: {exc}") from None
+        raise GafiError(f"cannot carve a {fraction} stratified {key} split from {name} train: {exc}") from None
     rest, part = torch.from_numpy(np.sort(rest)), torch.from_numpy(np.sort(part))  # keep the source order
     return (x[rest], y[rest]), (x[part], y[part])
 

@@ -188,7 +188,7 @@ def _build(cls, raw: Any, origin: str, prefix: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise GafiError(f"{origin}: unknown key {prefix}{unknown[0]!r} (known: {', '.join(sorted(names))})")
+        raise GafiError(f"{origin}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in raw.items():
         key = f"{prefix}{name}"

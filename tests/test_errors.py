@@ -1,0 +1,144 @@
+"""Bad input: one line naming the problem, exit status 2, no traceback, no finished trial lost."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gafi_opt.cli import main
+from gafi_opt.pipeline import Pipeline
+from gafi_opt.stages import STAGES
+
+from conftest import DIGITS, ROOT, tiny_overrides
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("gafi-opt: error: ")
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_missing_study_file(tmp_path):
+    assert_user_error(invoke("run", tmp_path / "nope.toml"), "study file not found", "nope.toml")
+
+
+def test_malformed_study_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 'x'\n[data\nsource = 1")
+    assert_user_error(invoke("train-classifier", bad), "not valid TOML", "bad.toml")
+
+
+def test_unknown_dataset_and_key():
+    assert_user_error(invoke("run", DIGITS, "--set", "data.source=imagenet"), "unknown dataset source 'imagenet'")
+    assert_user_error(invoke("run", DIGITS, "--set", "cas.colour=red"), "unknown key 'cas.colour'")
+
+
+def test_absent_data_folder(tmp_path):
+    result = invoke("train-classifier", DIGITS, "--set", "data.source=cifar10", "--set", f"data.root={tmp_path / 'cifar'}")
+    assert_user_error(result, str(tmp_path / "cifar"))
+
+
+def test_threshold_and_stddev_out_of_range():
+    assert_user_error(invoke("run", DIGITS, "--set", "threshold.values=[0.2, 1.0]"), "threshold.values must lie in [0, 1)")
+    assert_user_error(invoke("run", DIGITS, "--set", "stddev.values=[0.0]"), "stddev.values must be numbers > 0")
+
+
+def test_storage_that_cannot_be_opened(tmp_path):
+    result = invoke("status", "--storage", "postgresql+psycopg://alice:hunter2@127.0.0.1:1/nowhere")
+    assert_user_error(result, "cannot open storage", "alice:***@127.0.0.1:1")
+    assert "hunter2" not in result.output
+    assert_user_error(invoke("status", "--storage", "not a url"), "not a storage URL")
+    assert_user_error(invoke("status", "--storage", f"sqlite:///{tmp_path}/empty.db"), "no pipelines")
+
+
+def test_unknown_pipeline(tiny_pipeline):
+    spec, url = tiny_pipeline
+    assert_user_error(invoke("export", "--storage", url, "--pipeline", "absent"), "no pipeline 'absent'", spec.name)
+
+
+@pytest.fixture
+def byo_run(tiny_pipeline, tmp_path):
+    """A copy of the tiny pipeline's checkpoints as a 'bring your own' folder, and its overrides."""
+    spec, _ = tiny_pipeline
+    folder = tmp_path / "ckpts"
+    shutil.copytree(spec.run_path / "generator", folder, ignore=shutil.ignore_patterns("state.pt*"))
+    shutil.copy(spec.run_path / "filter.pt", tmp_path / "filter.pt")
+    overrides = tiny_overrides(tmp_path, "byo") + [f"generator.checkpoints={folder}"]
+    return folder, overrides
+
+
+def test_checkpoint_folder_without_checkpoints(byo_run, tmp_path):
+    folder, overrides = byo_run
+    for path in folder.glob("*.pt"):
+        path.unlink()
+    assert_user_error(invoke("run", DIGITS, *sets(overrides)), "no generator checkpoints found", str(folder))
+
+
+def test_checkpoint_that_does_not_fit_the_spec(byo_run):
+    _, overrides = byo_run
+    result = invoke("run", DIGITS, *sets(overrides + ["generator.width=64"]))
+    assert_user_error(result, "does not fit the spec's generator")
+
+
+def test_corrupt_checkpoint(byo_run):
+    folder, overrides = byo_run
+    (folder / "epoch_0003.pt").write_bytes(b"this is not a checkpoint")
+    assert_user_error(invoke("run", DIGITS, *sets(overrides)), "cannot read checkpoint", "epoch_0003.pt")
+
+
+def test_pickled_code_in_a_checkpoint_is_never_executed(byo_run, tmp_path):
+    folder, overrides = byo_run
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"weight": Exploit()}, folder / "epoch_0003.pt")
+    assert_user_error(invoke("run", DIGITS, *sets(overrides)), "cannot read checkpoint")
+    assert not marker.exists()
+
+
+def test_an_error_keeps_finished_trials(tiny_pipeline, tmp_path):
+    spec, url = tiny_pipeline
+    pipeline = Pipeline.load(url, spec.name)
+    before = {stage: len(pipeline.finished_trials(stage)) for stage in STAGES}
+    backup = tmp_path / "epoch_0003.pt"
+    checkpoint = spec.run_path / "generator" / "epoch_0003.pt"
+    shutil.copy(checkpoint, backup)
+    try:
+        checkpoint.write_bytes(b"\x00" * 10)
+        result = invoke("run", DIGITS, "--quiet", *sets(tiny_overrides(spec.run_path, spec.name)))
+        assert_user_error(result, "cannot read checkpoint")
+    finally:
+        shutil.copy(backup, checkpoint)
+    after = {stage: len(Pipeline.load(url, spec.name).finished_trials(stage)) for stage in STAGES}
+    assert after == before
+
+
+def test_real_process_exit_status_and_no_traceback(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "gafi_opt.cli", "run", str(DIGITS), "--set", "stddev.values=[-1.0]"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert process.returncode == 2
+    assert process.stderr.strip().count("\n") == 0 and "Traceback" not in process.stderr
+    assert "stddev.values must be numbers > 0" in process.stderr

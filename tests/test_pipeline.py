@@ -1,0 +1,113 @@
+"""End to end: the whole pipeline on the digits default at a tiny budget, through the CLI."""
+
+import json
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from gafi_opt.cli import main
+from gafi_opt.pipeline import Pipeline
+from gafi_opt.stages import STAGES
+
+from conftest import DIGITS
+
+
+def test_every_stage_finished_with_each_grid_point_once(tiny_pipeline):
+    spec, url = tiny_pipeline
+    pipeline = Pipeline.load(url, spec.name)
+    assert pipeline.current_stage() is None
+    expected = {
+        "baseline": [0, 1],
+        "checkpoint": [2, 3],
+        "stddev": [1.0, 1.5],
+        "threshold": [0.0, 0.5],
+        "final": [0, 1],
+    }
+    for stage in STAGES:
+        trials = pipeline.finished_trials(stage)
+        param = {"baseline": "seed", "final": "seed"}.get(stage, stage)
+        assert sorted(t.params[param] for t in trials) == expected[stage], stage
+        study = pipeline.stage_study(stage)
+        assert not [t for t in study.get_trials() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_each_stage_starts_from_the_best_of_the_one_before(tiny_pipeline):
+    spec, url = tiny_pipeline
+    pipeline = Pipeline.load(url, spec.name)
+    best_checkpoint = pipeline.best_value("checkpoint")
+    best_stddev = pipeline.best_value("stddev")
+    best_threshold = pipeline.best_value("threshold")
+    assert pipeline.stage_study("stddev").user_attrs["fixed"] == {"checkpoint": best_checkpoint}
+    assert pipeline.stage_study("threshold").user_attrs["fixed"] == {"checkpoint": best_checkpoint, "stddev": best_stddev}
+    assert pipeline.stage_study("final").user_attrs["fixed"] == {
+        "checkpoint": best_checkpoint,
+        "stddev": best_stddev,
+        "threshold": best_threshold,
+    }
+    assert pipeline.stage_study("baseline").user_attrs["fixed"] == {"last_checkpoint": 3}
+    # The best is chosen on val: no complete trial of the stage has a higher val accuracy.
+    complete = [t for t in pipeline.finished_trials("checkpoint") if t.state == TrialState.COMPLETE]
+    assert pipeline.best_trial("checkpoint").user_attrs["val_acc"] == max(t.user_attrs["val_acc"] for t in complete)
+
+
+def test_trials_record_what_they_trained_on(tiny_pipeline):
+    spec, url = tiny_pipeline
+    pipeline = Pipeline.load(url, spec.name)
+    for stage in STAGES:
+        for trial in pipeline.finished_trials(stage):
+            attrs = trial.user_attrs
+            assert f"stage {stage}" in attrs["config"]
+            assert 0.0 <= attrs["acceptance_rate"] <= 1.0
+            assert len(attrs["val_history"]) == attrs["classifier_epochs"]
+            assert sorted(trial.intermediate_values) == list(range(1, attrs["classifier_epochs"] + 1))
+            if trial.state == TrialState.COMPLETE:
+                assert 0.0 <= attrs["test_acc"] <= 1.0
+                assert trial.value == attrs["val_acc"]
+    # The baseline never filters: every generated sample was accepted.
+    assert all(t.user_attrs["acceptance_rate"] == 1.0 for t in pipeline.finished_trials("baseline"))
+    assert "filter threshold off" in pipeline.finished_trials("baseline")[0].user_attrs["config"]
+
+
+def test_export_json_matches_the_storage(tiny_pipeline):
+    spec, url = tiny_pipeline
+    result = CliRunner().invoke(main, ["export", "--storage", url, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    for key in ("pipeline", "dataset", "checkpoint", "stddev", "threshold", "cas_val", "cas_test", "cas_test_std", "synthetic_baseline_test", "real_test"):
+        assert key in row
+    pipeline = Pipeline.load(url, spec.name)
+    finals = pipeline.finished_trials("final")
+    assert row["cas_test"] == pytest.approx(sum(t.user_attrs["test_acc"] for t in finals) / len(finals))
+    baselines = pipeline.finished_trials("baseline")
+    assert row["synthetic_baseline_test"] == pytest.approx(sum(t.user_attrs["test_acc"] for t in baselines) / len(baselines))
+    assert row["real_test"] == pipeline.attrs()["real_test"]
+    assert row["checkpoint"] == pipeline.best_value("checkpoint") and row["dataset"] == "digits"
+    assert all(0.0 <= row[k] <= 1.0 for k in ("cas_val", "cas_test", "synthetic_baseline_test", "real_test"))
+
+
+def test_status_and_markdown_export(tiny_pipeline):
+    spec, url = tiny_pipeline
+    status = CliRunner().invoke(main, ["status", "--storage", url])
+    assert status.exit_code == 0, status.output
+    assert f"pipeline {spec.name}: complete" in status.output
+    assert "checkpoint " in status.output and "done" in status.output
+    table = CliRunner().invoke(main, ["export", "--storage", url, "--pipeline", spec.name, "--format", "markdown"])
+    assert table.exit_code == 0 and table.output.startswith("| pipeline | dataset | checkpoint")
+
+
+def test_run_again_skips_what_is_done(tiny_pipeline):
+    spec, url = tiny_pipeline
+    before = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(url)}
+    args = ["run", str(DIGITS), "--quiet"] + [a for o in _overrides(spec) for a in ("--set", o)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    after = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(url)}
+    assert before == after
+
+
+def _overrides(spec):
+    from conftest import tiny_overrides
+
+    return tiny_overrides(spec.run_path, spec.name)
