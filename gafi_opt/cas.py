@@ -17,13 +17,18 @@ import optuna
 import torch
 from tqdm.auto import tqdm
 
+from gafi_opt.augment import to_float
 from gafi_opt.checkpoints import load_generator, require_checkpoints
+from gafi_opt.compiled import CompiledModels
 from gafi_opt.data import RealData
+from gafi_opt.run_data import bind_run_data
 from gafi_opt.spec import Spec
 from gafi_opt.stages import TrialConfig
-from gafi_opt.synth import SyntheticSource
+from gafi_opt.synth import SyntheticSource, prepare_filter, prepare_generator
 from gafi_opt.train.classifier import ClassifierTrainer
 from gafi_opt.train.real import load_filter
+
+SAMPLES_PER_CLASS = 10  # images per class kept in CasResult.samples
 
 
 @dataclass
@@ -36,11 +41,15 @@ class CasResult:
     fallback: int
     val_history: list[float] = field(default_factory=list)
     pruned: bool = False
+    # A few images per class of the final synthetic set (uint8, CPU), for the dashboard's sample grid.
+    samples: torch.Tensor | None = field(default=None, repr=False)
 
     def user_attrs(self) -> dict:
+        # A pruned trial was never tested: it gets no test_acc rather than a NaN.
+        tested = {} if self.pruned else {"test_acc": self.test_acc}
         return {
             "val_acc": self.val_acc,
-            "test_acc": self.test_acc,
+            **tested,
             "classifier_epochs": self.epochs,
             "seconds": round(self.seconds, 3),
             "acceptance_rate": self.acceptance_rate,
@@ -58,16 +67,26 @@ class TrialContext:
         self.spec = spec
         self.data = data
         self.device = device
+        bind_run_data(spec, data)  # the real subset the filter and generator were trained on
         self.train = (data.train_x.to(device), data.train_y.to(device))
         self.val = (data.val_x.to(device), data.val_y.to(device))
         self.test = (data.test_x.to(device), data.test_y.to(device))
         self.filter_model = load_filter(spec, data.image_shape, data.num_classes, device)
         self._generators: OrderedDict[int, torch.nn.Module] = OrderedDict()
+        # spec.compile: generator, filter and CAS classifier compiled once, for every trial of this worker.
+        self.compiled = CompiledModels(spec, data.image_shape, data.num_classes, device, self.filter_model, data.val_x) if spec.compile else None
+        if self.compiled is not None:
+            self.filter_model = self.compiled.filter
+        else:  # BatchNorm folded, channels_last: prepared once, not per trial
+            self.filter_model = prepare_filter(self.filter_model, device, to_float(self.val[0][:8]))
 
     def generator(self, epoch: int) -> torch.nn.Module:
+        if self.compiled is not None:
+            return self.compiled.generator(epoch)
         if epoch not in self._generators:
             path = require_checkpoints(self.spec, [epoch])[epoch]
-            self._generators[epoch] = load_generator(self.spec, path, self.data.image_shape, self.data.num_classes, self.device)
+            generator = load_generator(self.spec, path, self.data.image_shape, self.data.num_classes, self.device)
+            self._generators[epoch] = prepare_generator(generator, self.device, self.data.num_classes)
             while len(self._generators) > self.GENERATOR_CACHE:
                 self._generators.popitem(last=False)
         self._generators.move_to_end(epoch)
@@ -95,16 +114,27 @@ class TrialContext:
             batch_size=synth.batch_size,
             device=self.device,
             seed=config.seed,
+            precision=self.spec.precision,
         )
 
 
-def train_cas(ctx: TrialContext, config: TrialConfig, trial: optuna.Trial | None = None, progress: bool = False) -> CasResult:
-    """Train one CAS classifier on the synthetic stream of `config`. Raises TrialPruned when cut."""
+def train_cas(
+    ctx: TrialContext, config: TrialConfig, trial: optuna.Trial | None = None, progress: bool = False, source=None
+) -> CasResult:
+    """Train one CAS classifier on the synthetic stream of `config`. Raises TrialPruned when cut.
+
+    `source` replaces the config's SyntheticSource with any set that has `images`, `labels`,
+    `num_classes`, `stats`, `fill(progress=)` and `recycle(fraction)` (multigen's MultiSource);
+    `config` then gives only the seed and the recycle period.
+    """
     spec = ctx.spec
     started = time.perf_counter()
-    source = ctx.source(config)
-    source.fill()
-    trainer = ClassifierTrainer(spec.cas, ctx.data.image_shape, ctx.data.num_classes, ctx.device, seed=config.seed)
+    source = ctx.source(config) if source is None else source
+    source.fill(progress=progress)
+    slot = ctx.compiled.classifier if ctx.compiled is not None else None
+    trainer = ClassifierTrainer(
+        spec.cas, ctx.data.image_shape, ctx.data.num_classes, ctx.device, seed=config.seed, precision=spec.precision, slot=slot
+    )
     history: list[float] = []
     bar = tqdm(range(1, spec.cas.epochs + 1), desc=f"{config.stage} trial", unit="epoch", leave=False, disable=not progress)
     for epoch in bar:
@@ -121,7 +151,9 @@ def train_cas(ctx: TrialContext, config: TrialConfig, trial: optuna.Trial | None
                 result.pruned = True
                 for key, value in result.user_attrs().items():
                     trial.set_user_attr(key, value)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} with val accuracy {history[-1]:.4f}")
+                pruned = optuna.TrialPruned(f"pruned at epoch {epoch} with val accuracy {history[-1]:.4f}")
+                pruned.result = result  # so the worker can still publish what the trial trained on
+                raise pruned
     bar.close()
     return _result(ctx, trainer, source, history, started, test=True)
 
@@ -142,4 +174,12 @@ def _result(ctx, trainer, source, history, started, test: bool) -> CasResult:
         acceptance_rate=source.stats.acceptance_rate,
         fallback=int(source.stats.fallback.sum()),
         val_history=history,
+        samples=_class_samples(source, SAMPLES_PER_CLASS),
     )
+
+
+def _class_samples(source: SyntheticSource, count: int) -> torch.Tensor:
+    """The first `count` images of every class in the set as it stands: uint8 (classes, count, C, H, W) on the CPU."""
+    order = torch.argsort(source.labels, stable=True)
+    by_class = source.images[order].view(source.num_classes, -1, *source.images.shape[1:])
+    return by_class[:, :count].cpu()

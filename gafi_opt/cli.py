@@ -26,9 +26,17 @@ class GafiGroup(click.Group):
         except GafiError as exc:
             click.echo(f"gafi-opt: error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("gafi-opt: interrupted; finished trials are kept in the storage", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            # gafi_opt.distributed.Interrupted (SIGTERM or Ctrl-C in a worker) says what became of its trial.
+            note = getattr(exc, "trial_note", "") or "finished trials are kept in the storage"
+            click.echo(f"gafi-opt: interrupted{' by ' + exc.signal_name if hasattr(exc, 'signal_name') else ''}; {note}", err=True)
+            sys.exit(getattr(exc, "exit_status", 130))
+        except (optuna.exceptions.StorageInternalError, ConnectionError) as exc:
+            from gafi_opt.storage import redact_text
+
+            cause = exc.__cause__ or exc
+            click.echo(f"gafi-opt: error: the storage failed: {redact_text(' '.join(str(cause).split()))[:400]}", err=True)
+            sys.exit(2)
 
 
 def _progress(quiet: bool) -> bool:
@@ -47,6 +55,12 @@ set_option = click.option(
 )
 device_option = click.option("--device", default=None, help="Training device: auto, cpu, cuda or cuda:N (default: the spec's).")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+artifacts_option = click.option(
+    "--artifacts",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder of the artifact store for the trials' sample grids (default: <run_dir>/artifacts; recorded in the storage).",
+)
 
 
 @click.group(cls=GafiGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,35 +122,138 @@ def train_generator_cmd(study_file, seed, overrides, device, quiet):
 @main.command("run")
 @study_argument
 @click.option("--storage", default=None, help=STORAGE_HELP + " Default: an SQLite file in the run directory.")
+@artifacts_option
 @set_option
+@click.option(
+    "--paper-selection",
+    is_flag=True,
+    help="Select checkpoint, stddev and threshold on the TEST split, as the paper did (same as --set selection=test); exports mark such rows test-selected.",
+)
 @device_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Local worker processes (after preparing once): one per GPU when there are several, else the CPU cores split between them.",
+)
 @quiet_option
-def run_cmd(study_file, storage, overrides, device, quiet):
+def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, workers, quiet):
     """Run the whole pipeline of STUDY on this machine, skipping what is already done.
 
     Trains the filter classifier and the generator if needed, runs the checkpoint,
     stddev, threshold and final stages (and the synthetic baseline), then prints the
     best-hyperparameter table. Run it again after an interruption to resume.
+    With --workers N, N local worker processes share the trials (see `gafi-opt worker`).
     """
+    from gafi_opt.artifacts import register_artifact_dir
+    from gafi_opt.launch import run_local
+    from gafi_opt.pipeline import Pipeline
+    from gafi_opt.progress import StageProgress
     from gafi_opt.report import format_rows, summary_row
-    from gafi_opt.runner import run_pipeline
-    from gafi_opt.worker import resolve_device
 
-    spec = _spec(study_file, overrides)
-    progress = not quiet
-    pipeline = run_pipeline(spec, storage, resolve_device(device or spec.device), progress=_progress(quiet), reporter=_stage_line if progress else None)
+    spec = _spec(study_file, overrides + (("selection=test",) if paper_selection else ()))
+    register_artifact_dir(Pipeline.create_or_load(spec, storage), artifacts)
+    stage_line = StageProgress(_progress(quiet))
+    pipeline = run_local(
+        spec, storage, device or spec.device, workers=workers, progress=_progress(quiet), reporter=stage_line, log=None if quiet else _note
+    )
+    stage_line.close()
     click.echo(format_rows([summary_row(pipeline)], "markdown"))
 
 
-def _stage_line(pipeline, stage) -> None:
-    from gafi_opt.report import stage_status
+def _note(line: str) -> None:
+    click.echo(f"gafi-opt: {line}", err=True)
 
-    row = next(r for r in stage_status(pipeline) if r["stage"] == stage)
+
+@main.command("worker")
+@click.option("--storage", required=True, envvar="GAFI_STORAGE", help=STORAGE_HELP + " Also read from $GAFI_STORAGE.")
+@click.option("--pipeline", "name", required=True, help="Name of the pipeline to join (see `gafi-opt status`).")
+@device_option
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's choice).")
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=10, show_default=True, help="Seconds between heartbeats of the running trial.")
+@click.option(
+    "--grace-period",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds without a heartbeat after which another worker's trial is failed and re-queued.",
+)
+@click.option(
+    "--wait-prepared",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to wait for `gafi-opt run` to prepare the pipeline (train its models). Default: as long as it takes; 0: fail at once.",
+)
+@quiet_option
+def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period, wait_prepared, quiet):
+    """Join pipeline NAME in STORAGE and run its trials until it is complete (exit 0).
+
+    Any number of workers, on any number of machines, may join one pipeline: each grid
+    point (or budgeted trial) is finished by exactly one trial. A worker that dies is
+    detected by its missing heartbeat and its trial re-run by another; SIGTERM or Ctrl-C
+    marks the running trial failed and re-queues it (exit status 143 or 130). Starting a
+    worker on a finished pipeline does nothing. A worker never trains the filter classifier
+    or the generator: it waits until `gafi-opt run` has prepared the pipeline, and the
+    run directory must be visible at the same path on every machine.
+    """
+    import os
+    import socket
+
+    import torch
+
+    from gafi_opt.distributed import WorkerOptions
+    from gafi_opt.launch import wait_until_prepared
+    from gafi_opt.pipeline import Pipeline
+    from gafi_opt.progress import StageProgress
+    from gafi_opt.storage import redact
+    from gafi_opt.worker import Worker, resolve_device
+
+    if grace_period < 2 * heartbeat_interval:
+        raise GafiError(f"--grace-period ({grace_period}) must be at least twice --heartbeat-interval ({heartbeat_interval})")
+    pipeline = Pipeline.load(storage, name)
+    resolved = resolve_device(device or pipeline.spec.device)
+    if threads:
+        torch.set_num_threads(threads)
+    wait_until_prepared(pipeline, wait_prepared, None if quiet else _note)
+    who = f"{socket.gethostname()}:{os.getpid()}"
+    if not quiet:
+        _note(f"worker {who} joined pipeline {name!r} in {redact(storage)} on {resolved}")
+    stage_line = StageProgress(_progress(quiet))
+    options = WorkerOptions(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    stats = Worker(pipeline, resolved, progress=_progress(quiet), reporter=stage_line, options=options).run()
+    stage_line.close()
+    if not quiet:
+        _note(
+            f"pipeline {name!r} complete; worker {who} finished {stats.complete} trials, pruned {stats.pruned}, "
+            f"recovered {stats.stale_failed} from lost workers"
+        )
+
+
+@main.command("storage-proxy")
+@click.option("--storage", required=True, envvar="GAFI_STORAGE", help="The RDB storage to serve: sqlite:///file.db or postgresql+psycopg://... Also read from $GAFI_STORAGE.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface; the proxy has no authentication).")
+@click.option("--port", default=13000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+def storage_proxy_cmd(storage, host, port):
+    """Serve an RDB storage to workers through Optuna's gRPC storage proxy.
+
+    Workers then use --storage grpc://HOST:PORT and need no database driver or credentials.
+    Claims stay atomic (the proxy keeps gafi-opt's test-and-set attributes); Optuna's own
+    heartbeat table is not reachable through the proxy, so workers detect lost trials by
+    their heartbeat attribute alone. Stop with Ctrl-C or SIGTERM.
+    """
+    import signal
+
+    from gafi_opt.storage import redact, serve_proxy
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        best = f", best val {pipeline.best_trial(stage).value:.4f}"
-    except GafiError:
-        best = ""
-    click.echo(f"[{pipeline.name}] {stage}: {row['complete']} complete, {row['pruned']} pruned, {row['fail']} failed{best}", err=True)
+        serve_proxy(storage, host, port, ready=lambda: _note(f"gRPC storage proxy for {redact(storage)} listening on {host}:{port} (Ctrl-C to stop)"))
+    except KeyboardInterrupt:
+        _note("gRPC storage proxy stopped")
 
 
 @main.command("status")
@@ -165,22 +282,171 @@ def status_cmd(storage, names):
 @main.command("export")
 @click.option("--storage", required=True, help=STORAGE_HELP)
 @click.option("--pipeline", "names", multiple=True, help="Pipeline name (repeatable; default: all).")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex", "json"]), default="markdown", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
 def export_cmd(storage, names, fmt, output):
-    """Export the best-hyperparameter table: one row per pipeline, with both baselines."""
+    """Export the best-hyperparameter table: one row per pipeline, with both baselines,
+    then one per multi-generator study (`gafi-opt multigen`) of those pipelines, by K.
+
+    markdown and latex show accuracies in percent (latex: a booktabs tabular, needs
+    \\usepackage{booktabs}); csv and json keep them as fractions at full precision.
+    """
     from gafi_opt.pipeline import Pipeline, pipeline_names
-    from gafi_opt.report import format_rows, summary_row
+    from gafi_opt.report import format_rows, multigen_rows, summary_row
     from gafi_opt.storage import open_storage, redact
 
     names = names or pipeline_names(open_storage(storage))
     if not names:
         raise GafiError(f"no pipelines in {redact(storage)}")
-    text = format_rows([summary_row(Pipeline.load(storage, name)) for name in names], fmt)
+    rows = [summary_row(Pipeline.load(storage, name)) for name in names] + multigen_rows(storage, list(names))
+    text = format_rows(rows, fmt)
     if output:
-        Path(output).write_text(text + "\n")
+        _write(output, text)
     else:
         click.echo(text)
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text + "\n")
+    except OSError as exc:
+        raise GafiError(f"cannot write {path}: {exc.strerror}") from None
+
+
+@main.command("plot")
+@click.option("--storage", required=True, help=STORAGE_HELP)
+@click.option("--pipeline", "name", required=True, help="Pipeline name.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the HTML files.")
+@click.option(
+    "--plotlyjs",
+    type=click.Choice(["embed", "directory"]),
+    default="embed",
+    show_default=True,
+    help="embed: every file stands alone (about 4.8 MB each); directory: one shared plotly.min.js beside them.",
+)
+def plot_cmd(storage, name, out_dir, plotlyjs):
+    """Write a pipeline's figures as standalone HTML (plotly).
+
+    Per stage: CAS against the searched value with the best marked (<stage>-cas),
+    per-epoch val accuracy of the best trials (<stage>-curves) and Optuna's
+    optimisation history (<stage>-history); per-seed curves of the baseline and final stages.
+    """
+    from gafi_opt.figures import pipeline_figures, write_html
+    from gafi_opt.pipeline import Pipeline
+
+    figures = pipeline_figures(Pipeline.load(storage, name))
+    if not figures:
+        raise GafiError(f"pipeline {name!r} has no finished trials to plot yet")
+    for path in write_html(figures, out_dir, plotlyjs):
+        click.echo(str(path))
+
+
+@main.command("dashboard")
+@click.option("--storage", required=True, help=STORAGE_HELP)
+@click.option(
+    "--artifacts",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Artifact folder (default: the folders the storage's pipelines recorded).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on (0: any free port).")
+def dashboard_cmd(storage, artifacts, host, port):
+    """Serve optuna-dashboard on a pipeline storage, with the sample grids.
+
+    Each trial shows a note saying what it was and, as an artifact, the grid of
+    synthetic samples it trained on; each stage study shows its key figure. Stop with Ctrl-C.
+    """
+    from gafi_opt.dashboard import dashboard_url, make_server
+
+    server = make_server(storage, artifacts, host, port)
+    click.echo(f"optuna-dashboard on {dashboard_url(host, server.server_port)} (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@main.command("scarce")
+@study_argument
+@click.option("--fractions", default="0.1,1.0", show_default=True, help="Real fractions of the train split to compare, comma-separated, each in (0, 1].")
+@click.option("--seeds", default=3, show_default=True, type=int, help="Seeds of the final stage and of the real-only baseline.")
+@click.option(
+    "--budget",
+    type=click.Choice(["steps", "epochs"]),
+    default="steps",
+    show_default=True,
+    help="steps: multiply every training length in epochs by 1/fraction (same images seen at every fraction); epochs: keep the study's epochs.",
+)
+@click.option("--storage", default=None, help=STORAGE_HELP + " Default: <run_dir>-scarce/gafi.db.")
+@set_option
+@device_option
+@quiet_option
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the table to this file.")
+def scarce_cmd(study_file, fractions, seeds, budget, storage, overrides, device, quiet, fmt, output):
+    """Real-only vs real + synthetic (augment) vs synthetic-only, per real fraction.
+
+    For each fraction, runs (or resumes) two pipelines of STUDY on that stratified,
+    seeded share of the real train split: objective synthetic-only and augment. The
+    filter classifier and the generator train on the same subset; the real-only
+    baseline trains the CAS recipe on it alone. Prints test accuracy, mean ± spread
+    over the seeds. --set overrides apply first; --budget steps then scales their epochs.
+
+    \b
+    Example: gafi-opt scarce studies/digits.toml --fractions 0.1,1.0 --seeds 3
+    """
+    import json
+
+    from gafi_opt.progress import StageProgress
+    from gafi_opt.scarce import parse_fractions, run_scarce, scarce_table
+    from gafi_opt.worker import resolve_device
+
+    parsed = parse_fractions(fractions)
+    if seeds < 1:
+        raise GafiError(f"--seeds must be >= 1, got {seeds}")
+    spec = _spec(study_file, overrides)
+    rows = run_scarce(
+        spec,
+        parsed,
+        seeds,
+        budget=budget,
+        storage=storage,
+        device=resolve_device(device or spec.device),
+        progress=_progress(quiet),
+        reporter_factory=lambda: StageProgress(_progress(quiet)),
+        log=None if quiet else (lambda line: click.echo(line, err=True)),
+    )
+    text = json.dumps(rows, indent=2) if fmt == "json" else scarce_table(rows)
+    if output:
+        Path(output).write_text(text + "\n")
+    click.echo(text)
+
+
+@main.command("multigen")
+@click.option("--storage", required=True, help=STORAGE_HELP)
+@click.option("--pipelines", "pipelines", required=True, metavar="A,B,...", help="Finished pipelines whose generators to combine (comma-separated).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Classifiers to train, one per seed (default: the first pipeline's final.seeds).")
+@device_option
+@quiet_option
+def multigen_cmd(storage, pipelines, seeds, device, quiet):
+    """Train the final classifier on a set drawn from several finished pipelines' generators.
+
+    Each generator is used at its own best checkpoint, stddev and threshold (with its own
+    filter) and gives an equal share of every class; the set is renewed every epoch. The
+    run is the Optuna study multigen/<A+B+...> in the same storage: run it again to resume
+    or to add seeds. `gafi-opt export` adds a row for it (the paper shows K = 1, 2, 4, 6).
+    """
+    from gafi_opt.multigen import run_multigen
+    from gafi_opt.report import format_rows, multigen_rows
+    from gafi_opt.worker import resolve_device
+
+    names = [name.strip() for name in pipelines.split(",") if name.strip()]
+    study = run_multigen(storage, names, seeds, resolve_device(device) if device else None, progress=_progress(quiet))
+    rows = [row for row in multigen_rows(storage, names) if row["pipeline"] == study.study_name]
+    click.echo(format_rows(rows, "markdown"))
 
 
 if __name__ == "__main__":

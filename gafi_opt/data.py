@@ -76,7 +76,8 @@ def load_data(spec: DataSpec) -> RealData:
     _check_shapes(loaded)
     splits = _complete_splits(loaded, spec)
     if spec.image_size > 0:
-        splits = {key: (_pad(x, spec.image_size, loaded.name), y) for key, (x, y) in splits.items()}
+        fit = _resize if spec.resize else _pad
+        splits = {key: (fit(x, spec.image_size, loaded.name), y) for key, (x, y) in splits.items()}
     if spec.real_fraction < 1:
         keep = _stratified_subset(splits["train"][1], spec.real_fraction, spec.split_seed)
         splits["train"] = (splits["train"][0][keep], splits["train"][1][keep])
@@ -264,6 +265,10 @@ def _labels_to_tensor(labels: np.ndarray, where: str) -> torch.Tensor:
 def _complete_splits(loaded: _Loaded, spec: DataSpec) -> dict[str, Split]:
     """Carve test (sources with none), then val, from train; stratified and seeded."""
     splits = dict(loaded.splits)
+    if spec.merge_val and "val" in splits:
+        # The official CINIC-10 setup: train + valid pooled, a smaller val carved back out.
+        (tx, ty), (vx, vy) = splits["train"], splits.pop("val")
+        splits["train"] = (torch.cat([tx, vx]), torch.cat([ty, vy]))
     for key, fraction in (("test", spec.test_fraction), ("val", spec.val_fraction)):
         if key not in splits:
             x, y = splits["train"]
@@ -326,3 +331,15 @@ def _pad(x: torch.Tensor, size: int, name: str) -> torch.Tensor:
         raise GafiError(f"data.image_size={size} is smaller than the native {h}x{w} images of {name}")
     top, left = (size - h) // 2, (size - w) // 2
     return F.pad(x, (left, size - w - left, top, size - h - top), value=0)
+
+
+def _resize(x: torch.Tensor, size: int, name: str) -> torch.Tensor:
+    """Resize every image to size x size with Lanczos (PIL), as the official code does for DermaMNIST."""
+    if tuple(x.shape[2:]) == (size, size) or len(x) == 0:
+        return x.new_zeros((len(x), x.shape[1], size, size)) if len(x) == 0 else x
+    images = x.permute(0, 2, 3, 1).numpy()
+    if x.shape[1] == 1:
+        images = images[..., 0]
+    out = [np.asarray(Image.fromarray(image).resize((size, size), resample=Image.Resampling.LANCZOS)) for image in images]
+    resized = torch.from_numpy(np.stack(out))
+    return resized.unsqueeze(1) if resized.ndim == 3 else resized.permute(0, 3, 1, 2).contiguous()

@@ -3,11 +3,15 @@
 Study names: `<name>` (root, no trials: the spec, the real baseline and the run's state
 in its user attrs) and `<name>/<stage>` for each of STAGES. Whoever finds a stage
 complete creates the next one; creation is atomic (Optuna refuses a duplicate study
-name), and only the creator enqueues the grid, so it is enqueued exactly once.
+name). A stage's work is a fixed list of slots (gafi_opt/slots.py: one per grid point, or
+one per trial of a budgeted search), each finished by exactly one trial; a stage is
+complete when every slot is. The creator stores the layout and enqueues one trial per
+slot; should it die half-way, the others complete the layout after a grace period.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 import warnings
@@ -15,11 +19,13 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from gafi_opt.checkpoints import checkpoint_paths
+from gafi_opt import slots
 from gafi_opt.errors import GafiError
 from gafi_opt.spec import Spec
 from gafi_opt.stages import SEARCHED, STAGES, grid, is_grid, make_pruner, make_sampler, trial_budget
 from gafi_opt.storage import open_storage, redact
+
+READY_WAIT_S = 60.0  # how long a stage may stay half-created before other workers complete it
 
 SPEC_ATTR = "gafi_spec"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -41,9 +47,11 @@ class Pipeline:
         storage = open_storage(url)
         study = optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True)
         stored = study.user_attrs.get(SPEC_ATTR)
+        # The stored spec never holds a password (it is shown by dashboards and exports), and the
+        # storage a pipeline lives in is not part of what it computes.
         if stored is None:
-            study.set_user_attr(SPEC_ATTR, spec.to_json())
-        elif Spec.from_json(stored) != spec:
+            study.set_user_attr(SPEC_ATTR, dataclasses.replace(spec, storage=redact(spec.storage)).to_json())
+        elif dataclasses.replace(Spec.from_json(stored), storage="") != dataclasses.replace(spec, storage=""):
             raise GafiError(
                 f"pipeline {spec.name!r} already exists in {redact(url)} with a different spec; "
                 "choose another name (--set name=...) or storage"
@@ -91,38 +99,82 @@ class Pipeline:
         except KeyError:
             return None
 
-    def ensure_stage(self, stage: str) -> optuna.Study:
-        """The stage's study, creating it (fixed values from earlier stages, grid enqueued) once."""
+    def ensure_stage(self, stage: str, ready_wait: float = READY_WAIT_S) -> optuna.Study:
+        """The stage's study, ready to work on: created once (layout stored, one trial per slot enqueued).
+
+        A stage another worker is creating is waited for up to `ready_wait` seconds; past that
+        its creator is presumed dead and the layout is completed here (missing slot trials are
+        enqueued by the workers' sweep, and tickets make a late duplicate harmless).
+        """
         study = self.stage_study(stage)
-        if study is not None:
-            return study
-        fixed = self.fixed_values(stage)
-        try:
-            study = optuna.create_study(
-                study_name=self.study_name(stage),
-                storage=self.storage,
-                direction="maximize",
-                sampler=make_sampler(self.spec, stage),
-                pruner=make_pruner(self.spec, stage),
-            )
-        except optuna.exceptions.DuplicatedStudyError:
-            return self.stage_study(stage)  # another worker created it first
+        if study is None:
+            fixed = self.fixed_values(stage)
+            try:
+                study = optuna.create_study(
+                    study_name=self.study_name(stage),
+                    storage=self.storage,
+                    direction="maximize",
+                    sampler=make_sampler(self.spec, stage),
+                    pruner=make_pruner(self.spec, stage),
+                )
+            except optuna.exceptions.DuplicatedStudyError:
+                study = self.stage_study(stage)  # another worker created it first
+            else:
+                self._initialise_stage(study, stage, fixed)
+                return study
+        deadline = time.monotonic() + ready_wait
+        while not study.user_attrs.get("ready"):
+            if time.monotonic() > deadline:
+                self._describe_stage(study, stage)
+                study.set_user_attr("ready", True)
+                break
+            time.sleep(0.2)
+        return study
+
+    def _initialise_stage(self, study: optuna.Study, stage: str, fixed: dict) -> None:
         with warnings.catch_warnings():  # set_metric_names is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["val CAS"])
-        study.set_user_attr("stage", stage)
-        study.set_user_attr("fixed", fixed)
-        if is_grid(self.spec, stage):
-            for value in grid(self.spec, stage):
-                study.enqueue_trial({SEARCHED[stage]: value}, skip_if_exists=True)
+        layout = self._describe_stage(study, stage, fixed)
+        for index, params in enumerate(layout["slots"]):
+            slots.enqueue(self.storage, study._study_id, index, params)
         study.set_user_attr("ready", True)
-        return study
+
+    def _describe_stage(self, study: optuna.Study, stage: str, fixed: dict | None = None) -> dict:
+        layout = self.layout(study, stage, fixed)
+        study.set_user_attr("stage", stage)
+        study.set_user_attr("fixed", layout["fixed"])
+        return layout
+
+    def layout(self, study: optuna.Study, stage: str, fixed: dict | None = None) -> dict:
+        """The stage's slots and the values fixed by earlier stages, as first stored (test-and-set)."""
+        found = slots.layout(self.storage, study._study_id)
+        if found is None:
+            legacy = fixed is None and "fixed" in study.user_attrs  # created before layouts existed
+            if fixed is None:  # such stages keep the values they ran with
+                fixed = study.user_attrs["fixed"] if legacy else self.fixed_values(stage)
+            found = slots.layout(self.storage, study._study_id, {"slots": self.slot_params(stage), "fixed": fixed, "legacy": legacy})
+        return found
+
+    def slot_params(self, stage: str) -> list[dict]:
+        """One entry per slot: a grid point's fixed value, or {} for each trial of a budgeted search."""
+        if is_grid(self.spec, stage):
+            return [{SEARCHED[stage]: value} for value in grid(self.spec, stage)]
+        return [{} for _ in range(trial_budget(self.spec, stage))]
+
+    def slot_views(self, stage: str, study: optuna.Study | None = None) -> list[slots.SlotView]:
+        study = study or self.stage_study(stage)
+        if study is None:
+            return []
+        return slots.views(self.storage, study._study_id, self.layout(study, stage)["slots"])
 
     def fixed_values(self, stage: str) -> dict:
         """What the stages before `stage` chose (the best of each)."""
         index = STAGES.index(stage)
         fixed: dict = {}
         if stage == "baseline":
+            from gafi_opt.checkpoints import checkpoint_paths  # torch: only where checkpoints are read
+
             available = checkpoint_paths(self.spec)
             if not available:
                 raise GafiError(f"no generator checkpoints for pipeline {self.name!r}: train the generator first")
@@ -138,19 +190,19 @@ class Pipeline:
 
     def missing_points(self, stage: str) -> list:
         """Grid points of an exhaustive stage that have no finished trial yet."""
-        done = {t.params.get(SEARCHED[stage]) for t in self.finished_trials(stage)}
-        return [v for v in grid(self.spec, stage) if v not in done]
+        views = self.slot_views(stage)
+        if not views:
+            return list(grid(self.spec, stage))
+        return [v.params[SEARCHED[stage]] for v in views if v.done is None]
 
     def stage_complete(self, stage: str) -> bool:
-        if self.stage_study(stage) is None:
-            return False
-        if is_grid(self.spec, stage):
-            return not self.missing_points(stage)
-        return len(self.finished_trials(stage)) >= trial_budget(self.spec, stage)
+        """Every slot finished by one trial (or given up after repeated errors)."""
+        views = self.slot_views(stage)
+        return bool(views) and all(v.settled for v in views)
 
-    def current_stage(self) -> str | None:
-        """The first stage that is not complete, or None when the pipeline is done."""
-        for stage in STAGES:
+    def current_stage(self, stages=STAGES) -> str | None:
+        """The first of `stages` that is not complete, or None when they all are."""
+        for stage in stages:
             if not self.stage_complete(stage):
                 return stage
         return None
@@ -179,17 +231,6 @@ class Pipeline:
             "test_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
             "seeds": len(trials),
         }
-
-    def wait_until_ready(self, stage: str, timeout: float = 60.0) -> optuna.Study:
-        """A stage created by another worker is usable once its grid is enqueued."""
-        deadline = time.monotonic() + timeout
-        while True:
-            study = self.ensure_stage(stage)
-            if study.user_attrs.get("ready"):
-                return study
-            if time.monotonic() > deadline:
-                raise GafiError(f"stage {stage} of {self.name!r} was created but never made ready")
-            time.sleep(0.5)
 
 
 def pipeline_names(storage: optuna.storages.BaseStorage) -> list[str]:

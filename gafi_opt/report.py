@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 
@@ -9,11 +11,15 @@ from optuna.trial import TrialState
 
 from gafi_opt.errors import GafiError
 from gafi_opt.pipeline import Pipeline
+from gafi_opt.real_only import real_only_summary
 from gafi_opt.stages import SEARCHED, STAGES
 
 EXPORT_KEYS = (
     "pipeline",
     "dataset",
+    "mode",
+    "real_fraction",
+    "augment_ratio",
     "checkpoint",
     "stddev",
     "threshold",
@@ -23,9 +29,13 @@ EXPORT_KEYS = (
     "seeds",
     "synthetic_baseline_test",
     "real_test",
+    "real_only_test",
+    "real_only_test_std",
     "gap_closed",
+    "remaining_gap",
     "selection",
 )
+FORMATS = ("markdown", "csv", "latex", "json")
 
 
 def summary_row(pipeline: Pipeline) -> dict:
@@ -43,10 +53,28 @@ def summary_row(pipeline: Pipeline) -> dict:
     if baseline:
         row["synthetic_baseline_test"] = baseline["test"]
     row["real_test"] = attrs.get("real_test")
+    spec = pipeline.spec
+    row.update(mode=spec.objective, real_fraction=spec.data.real_fraction, augment_ratio=spec.augment_ratio if spec.objective == "augment" else None)
+    real_only = real_only_summary(spec, attrs)
+    if real_only:
+        row.update(real_only_test=real_only["test"], real_only_test_std=real_only["test_std"])
     if None not in (row["cas_test"], row["synthetic_baseline_test"], row["real_test"]):
         gap = row["real_test"] - row["synthetic_baseline_test"]
         row["gap_closed"] = (row["cas_test"] - row["synthetic_baseline_test"]) / gap if gap > 0 else None
+    if None not in (row["cas_test"], row["real_test"]):
+        row["remaining_gap"] = row["real_test"] - row["cas_test"]  # what synthetic data still lacks
+    if spec.objective == "augment":
+        row["gap_closed"] = row["remaining_gap"] = None  # both gaps measure synthetic-only data against real
     return row
+
+
+def multigen_rows(storage_url: str, names: list[str] | None = None) -> list[dict]:
+    """Rows of the multi-generator studies whose members are all in `names` (all when None), by
+    generator count K (the paper's table has K = 1, 2, 4, 6); keys as summary_row plus
+    `generators` and `members` (each member's pipeline, checkpoint, stddev and threshold)."""
+    from gafi_opt.multigen import summary_rows
+
+    return summary_rows(storage_url, names)
 
 
 def stage_status(pipeline: Pipeline) -> list[dict]:
@@ -69,19 +97,26 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         return json.dumps(rows, indent=2)
     if fmt == "markdown":
         return markdown_table(rows)
-    raise GafiError(f"unknown export format {fmt!r}")
+    if fmt == "csv":
+        return csv_table(rows)
+    if fmt == "latex":
+        return latex_table(rows)
+    raise GafiError(f"unknown export format {fmt!r} (use {', '.join(FORMATS)})")
 
 
 def markdown_table(rows: list[dict]) -> str:
-    headers = ["pipeline", "dataset", "checkpoint", "stddev", "threshold", "CAS val", "CAS test", "synthetic baseline", "real", "gap closed"]
+    headers = ["pipeline", "dataset", "mode", "real fraction", "ratio", "checkpoint", "stddev", "threshold", "CAS val", "CAS test", "synthetic baseline", "real", "real-only", "gap closed", "gap left"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cas = _pct(row["cas_test"]) + (f" ± {_pct(row['cas_test_std'])}" if row["cas_test_std"] is not None else "")
         if row["selection"] == "test":
             cas += " (test-selected)"
         cells = [
-            row["pipeline"],
+            row["pipeline"] + (f" (K={row['generators']})" if row.get("generators") else ""),  # multigen rows
             row["dataset"],
+            row.get("mode") or "-",
+            _plain(row.get("real_fraction")),
+            _plain(row.get("augment_ratio")),
             _plain(row["checkpoint"]),
             _plain(row["stddev"]),
             _plain(row["threshold"]),
@@ -89,10 +124,80 @@ def markdown_table(rows: list[dict]) -> str:
             cas,
             _pct(row["synthetic_baseline_test"]),
             _pct(row["real_test"]),
+            _pct(row.get("real_only_test")) + (f" ± {_pct(row['real_only_test_std'])}" if row.get("real_only_test_std") is not None else ""),
             _pct(row["gap_closed"]),
+            _pct(row.get("remaining_gap")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def csv_table(rows: list[dict]) -> str:
+    """Every key of the rows as a column, accuracies as fractions at full precision, empty cells for None."""
+    columns = list(EXPORT_KEYS) + [key for row in rows for key in row if key not in EXPORT_KEYS]
+    columns = list(dict.fromkeys(columns))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else _csv_value(row[key]) for key in columns})
+    return out.getvalue().rstrip("\n")
+
+
+def _csv_value(value):
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_table(rows: list[dict]) -> str:
+    """A booktabs `tabular` shaped like the paper's table (needs \\usepackage{booktabs}); accuracies in %."""
+    show_pipeline = any(row.get("pipeline") != row.get("dataset") for row in rows)
+    headers = (["Pipeline"] if show_pipeline else []) + [
+        "Dataset", "Checkpoint", r"$\sigma$", "Threshold", r"CAS (\%)", r"Synthetic baseline (\%)", r"Real (\%)", r"Gap closed (\%)", "Gap left (pp)",
+    ]
+    align = "l" * (2 if show_pipeline else 1) + "r" * (len(headers) - (2 if show_pipeline else 1))
+    lines = [r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
+    test_selected = False
+    for row in rows:
+        cas = _num(row.get("cas_test"))
+        if row.get("cas_test_std") is not None and row.get("cas_test") is not None:
+            cas += rf" $\pm$ {_num(row['cas_test_std'])}"
+        if row.get("selection") == "test":
+            cas += r"$^\dagger$"
+            test_selected = True
+        cells = ([_latex_escape(str(row.get("pipeline")))] if show_pipeline else []) + [
+            _latex_escape(str(row.get("dataset"))),
+            _tex_plain(row.get("checkpoint")),
+            _tex_plain(row.get("stddev")),
+            _tex_plain(row.get("threshold")),
+            cas,
+            _num(row.get("synthetic_baseline_test")),
+            _num(row.get("real_test")),
+            _num(row.get("gap_closed")),
+            _num(row.get("remaining_gap")),
+        ]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if test_selected:
+        lines.append(r"% $^\dagger$ hyperparameters selected on the test split (the paper's protocol)")
+    return "\n".join(lines)
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIALS.get(char, char) for char in text)
+
+
+def _tex_plain(value) -> str:
+    return "--" if value is None else _latex_escape(_plain(value))
+
+
+def _num(value) -> str:
+    """A fraction as a percentage with two decimals, without the % sign (LaTeX); -- when missing."""
+    return "--" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
 def _pct(value) -> str:

@@ -24,6 +24,7 @@ SEARCH_MODES = ("grid", "tpe", "gp")
 PRUNERS = ("none", "median", "percentile", "sha", "hyperband")
 AUGMENTATIONS = ("flip", "crop", "cutout")
 OBJECTIVES = ("synthetic-only", "augment")
+PRECISIONS = ("auto", "fp32", "bf16")  # gafi_opt.accel applies them
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class DataSpec:
     val_fraction: float = 0.15  # carved from train (stratified, seeded) when a source has no val split
     test_fraction: float = 0.2  # carved first, only for sources with no test split (digits)
     image_size: int = 0  # zero-pad to this size (28 -> 32); 0 keeps the native size
+    resize: bool = False  # reach image_size by Lanczos resizing instead of padding (official DermaMNIST setup)
+    merge_val: bool = False  # fold the source's val split into train, then carve val_fraction (official CINIC-10 setup)
     real_fraction: float = 1.0  # stratified fraction of real train used for every model (data-scarce runs)
     split_seed: int = 0
 
@@ -89,6 +92,8 @@ class StageSpec:
     pruner: str = "median"
     pruner_warmup: int = 5  # epochs reported before a median/percentile pruner may cut a trial
     pruner_startup_trials: int = 3
+    pruner_min_epochs: int = 0  # sha/hyperband: epochs before the first cut (0: the epoch after cas's first lr milestone)
+    pruner_reduction: int = 3  # sha/hyperband: keep 1 trial in this many at each rung
     seeds: int = 1  # repetitions of each point with different seeds (final stage)
 
 
@@ -102,6 +107,8 @@ class Spec:
     selection: str = "val"  # val, or test to reproduce the paper's (test-selected) choices
     objective: str = "synthetic-only"  # or augment: real subset + synthetic at augment_ratio
     augment_ratio: float = 1.0  # synthetic images per real image in augment mode
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), fp32, or bf16 (CPU: needs native bf16, e.g. AMX)
+    compile: bool = False  # torch.compile generator, filter and CAS classifier once per worker, reused by its trials
     data: DataSpec = field(default_factory=DataSpec)
     generator: GeneratorSpec = field(default_factory=GeneratorSpec)
     filter: ClassifierSpec = field(default_factory=lambda: ClassifierSpec(epochs=30))
@@ -269,12 +276,19 @@ def _validate(spec: Spec, origin: str) -> None:
             fail(f"data.{key} must be in (0, 1)")
     if not 0 < spec.data.real_fraction <= 1:
         fail("data.real_fraction must be in (0, 1]")
+    if spec.data.resize and spec.data.image_size <= 0:
+        fail("data.resize needs data.image_size > 0 (the side to resize to)")
     if spec.selection not in ("val", "test"):
         fail("selection must be 'val' or 'test'")
     if spec.objective not in OBJECTIVES:
         fail(f"objective must be one of {', '.join(OBJECTIVES)}")
     if spec.augment_ratio <= 0:
         fail("augment_ratio must be > 0")
+    if spec.precision not in PRECISIONS:
+        fail(f"precision must be one of {', '.join(PRECISIONS)}, got {spec.precision!r}")
+    if spec.objective == "augment" and spec.synth.samples_per_class:
+        # Two sizes for one set would be ambiguous: in augment mode the ratio decides.
+        fail("synth.samples_per_class must stay 0 with objective 'augment' (augment_ratio sets the synthetic set size)")
     if spec.generator.epochs < 1 or spec.generator.latent_dim < 1:
         fail("generator.epochs and generator.latent_dim must be >= 1")
     for part in ("filter", "cas"):
@@ -301,6 +315,12 @@ def _validate(spec: Spec, origin: str) -> None:
             fail(f"{where}recycle_every must be >= 0 (0: never renew)")
         if stage.seeds < 1:
             fail(f"{where}seeds must be >= 1")
+        if stage.pruner_min_epochs < 0:
+            fail(f"{where}pruner_min_epochs must be >= 0 (0: after the first learning-rate milestone)")
+        if stage.pruner_reduction < 2:
+            fail(f"{where}pruner_reduction must be >= 2")
+        if stage.n_trials < 0:
+            fail(f"{where}n_trials must be >= 0 (0: a quarter of the grid)")
     if not spec.checkpoint.values:
         fail("checkpoint.values must list the generator epochs to compare")
     if any(v < 1 or v != int(v) for v in spec.checkpoint.values):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import TrialState
 
 from gafi_opt.spec import Spec, StageSpec
 
@@ -74,9 +75,11 @@ def suggest(trial: optuna.Trial, spec: Spec, stage: str):
     if is_grid(spec, stage):
         return trial.suggest_categorical(name, values)
     step = _common_step(values)
+    if step is None or len(values) < 2:  # an irregular grid: only its own points exist (e.g. checkpoints)
+        return trial.suggest_categorical(name, values)
     if stage == "checkpoint":
-        return trial.suggest_int(name, min(values), max(values), step=int(step) if step else 1)
-    return trial.suggest_float(name, min(values), max(values), step=step)
+        return trial.suggest_int(name, min(values), max(values), step=int(step))
+    return round(trial.suggest_float(name, min(values), max(values), step=step), 9)  # 1.7, not 1.7000000000000002
 
 
 def trial_config(stage: str, value, fixed: dict, spec: Spec) -> TrialConfig:
@@ -94,11 +97,40 @@ def trial_config(stage: str, value, fixed: dict, spec: Spec) -> TrialConfig:
 
 
 def make_sampler(spec: Spec, stage: str) -> optuna.samplers.BaseSampler:
-    search = "grid" if is_grid(spec, stage) else spec.stage(stage).search
-    if search == "gp":
-        return optuna.samplers.GPSampler(seed=spec.seed)
-    # Grid stages only ever run enqueued trials; TPE is the budgeted search.
-    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(2, trial_budget(spec, stage) // 4))
+    """Grid stages run only enqueued trials; a budgeted stage samples with TPE or GP, never twice the same point.
+
+    Every trial of a search stage trains with the same seed, so a point evaluated twice gives
+    the same result twice: the budgeted samplers are wrapped so that each proposes a grid point
+    no trial of the stage has taken yet (while one is left).
+    """
+    if is_grid(spec, stage):
+        return optuna.samplers.TPESampler(seed=spec.seed)  # never asked: every trial is enqueued
+    budget = trial_budget(spec, stage)
+    if spec.stage(stage).search == "gp":
+        base = optuna.samplers.GPSampler(seed=spec.seed, n_startup_trials=_startup_trials(budget))
+    else:
+        base = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=_startup_trials(budget))
+    return UniquePointSampler(base, SEARCHED[stage], grid(spec, stage))
+
+
+def _startup_trials(budget: int) -> int:
+    """Random trials before the model takes over: a third of the budget, at least 2."""
+    return max(2, budget // 3)
+
+
+def pruner_min_epochs(spec: Spec, stage: str) -> int:
+    """Epochs before successive halving / Hyperband may first cut a trial.
+
+    `pruner_warmup` when set; else the epoch after the first learning-rate milestone: under
+    the paper's schedule (lr 0.1 until 60% of the epochs) val accuracy swings from epoch to
+    epoch and ranks trials poorly, and it ranks them well once the rate has dropped.
+    """
+    sspec = stage_spec(spec, stage)
+    epochs = spec.cas.epochs
+    if sspec.pruner_min_epochs:
+        return min(sspec.pruner_min_epochs, epochs)
+    milestones = sorted(max(1, round(m * epochs)) for m in spec.cas.lr_milestones)
+    return min(epochs, milestones[0] + 1) if milestones else max(1, epochs // 4)
 
 
 def make_pruner(spec: Spec, stage: str) -> optuna.pruners.BasePruner:
@@ -111,10 +143,78 @@ def make_pruner(spec: Spec, stage: str) -> optuna.pruners.BasePruner:
             25.0, n_startup_trials=sspec.pruner_startup_trials, n_warmup_steps=sspec.pruner_warmup
         )
     if sspec.pruner == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 8), reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner_min_epochs(spec, stage), reduction_factor=sspec.pruner_reduction
+        )
     if sspec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 8), max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner_min_epochs(spec, stage), max_resource=epochs, reduction_factor=sspec.pruner_reduction
+        )
     return optuna.pruners.NopPruner()
+
+
+class UniquePointSampler(optuna.samplers.BaseSampler):
+    """Wraps a sampler so that the searched parameter takes a grid point no live or finished trial has.
+
+    A repeated proposal is re-drawn from the base sampler a few times (TPE draws afresh each
+    time); if it still repeats (GP's acquisition is deterministic), the nearest untaken grid
+    point is used instead. Once every point is taken, proposals pass through unchanged.
+    """
+
+    RETRIES = 8
+    TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+    def __init__(self, base: optuna.samplers.BaseSampler, name: str, values: list):
+        self.base, self.name, self.values = base, name, list(values)
+
+    def _taken(self, study, trial) -> set:
+        trials = study.get_trials(deepcopy=False, states=self.TAKEN)
+        return {_key(t.params[self.name]) for t in trials if t.number != trial.number and self.name in t.params}
+
+    def _untaken_near(self, value, taken: set):
+        free = [v for v in self.values if _key(v) not in taken]
+        if not free:
+            return value
+        return min(free, key=lambda v: (abs(float(v) - float(value)), float(v)))
+
+    def infer_relative_search_space(self, study, trial):
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        params = self.base.sample_relative(study, trial, search_space)
+        if self.name in params:
+            taken = self._taken(study, trial)
+            if _key(params[self.name]) in taken:
+                params = {**params, self.name: _cast(self._untaken_near(params[self.name], taken), params[self.name])}
+        return params
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        value = self.base.sample_independent(study, trial, param_name, param_distribution)
+        if param_name != self.name:
+            return value
+        taken = self._taken(study, trial)
+        for _ in range(self.RETRIES):
+            if _key(value) not in taken:
+                return value
+            value = self.base.sample_independent(study, trial, param_name, param_distribution)
+        return _cast(self._untaken_near(value, taken), value)
+
+    def before_trial(self, study, trial):
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+
+
+def _key(value) -> float:
+    return round(float(value), 9)
+
+
+def _cast(value, like):
+    return int(value) if isinstance(like, int) and not isinstance(like, bool) else float(value)
 
 
 def _common_step(values: list) -> float | None:

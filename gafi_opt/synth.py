@@ -9,17 +9,23 @@ It implements the three GaFi techniques that act on sampling:
 - Dynamic Dataset Recycle: `recycle(fraction)` renews a random share of the slots.
 
 Everything runs batched over all classes at once, under inference mode, on the device
-that trains the classifier; the set itself is a uint8 tensor on that device.
+that trains the classifier; the set itself is a uint8 tensor on that device. A filtering
+round draws, for every class, as many candidates as its measured acceptance rate says
+will fill its empty slots, generates and filters them in full batches, and hands each
+accepted candidate to the next empty slot of its class (any accepted sample of a class
+can fill any slot of that class, so no accepted sample is thrown away while a slot of
+its class is still empty). The only host synchronisation is one count per round.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from gafi_opt.accel import autocast, autocast_dtype, inference_copy
 from gafi_opt.augment import to_float, to_uint8
 
 MAX_OVERSAMPLING = 8  # candidates per missing slot in one round, when acceptance is low
@@ -60,6 +66,7 @@ class SyntheticSource:
         batch_size: int = 1024,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        precision: str = "auto",
     ):
         if threshold is not None and filter_model is None:
             raise ValueError("filtering needs a filter classifier")
@@ -68,31 +75,42 @@ class SyntheticSource:
         low, high = (stddev, stddev) if isinstance(stddev, (int, float)) else stddev
         if low <= 0 or high < low:
             raise ValueError(f"stddev must be > 0 (or a range 0 < low <= high), got {stddev}")
+        if max_attempts < 1 or batch_size < 1 or per_class < 1:
+            raise ValueError("max_attempts, batch_size and per_class must be >= 1")
         self.device = torch.device(device)
-        self.generator = generator.to(self.device).eval()
-        self.filter_model = filter_model.to(self.device).eval() if filter_model is not None else None
+        self.dtype = autocast_dtype(self.device, precision)
         self.num_classes = num_classes
         self.latent_dim = int(generator.latent_dim)
+        # Inference copies (BatchNorm folded, channels_last); models prepared before are kept as they are.
+        self.generator = prepare_generator(generator, self.device, num_classes)
+        with torch.inference_mode():
+            example = self.generator(*_probe_latents(self.latent_dim, num_classes, self.device)).float().clamp(-1, 1)
+        self.image_shape = tuple(example.shape[1:])
+        self.filter_model = prepare_filter(filter_model, self.device, example) if filter_model is not None else None
         self.stddev_range = (float(low), float(high))
         self.threshold = threshold
         self.max_attempts = max_attempts
         self.batch_size = batch_size
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         self.labels = torch.arange(num_classes, device=self.device).repeat_interleave(per_class)
-        self.images: torch.Tensor | None = None
+        self._store: torch.Tensor | None = None  # len + 1 rows: the last one takes writes that go nowhere
         self.stats = SynthesisStats.zeros(num_classes, self.device)
-        self._acceptance_estimate = 1.0
 
     def __len__(self) -> int:
         return self.labels.numel()
 
-    def fill(self) -> None:
-        """(Re)generate every slot."""
-        self._generate_slots(torch.arange(len(self), device=self.device))
+    @property
+    def images(self) -> torch.Tensor | None:
+        return None if self._store is None else self._store[: len(self)]
+
+    def fill(self, progress: bool = False) -> None:
+        """(Re)generate every slot; `progress` shows a bar of filled slots and the acceptance rate."""
+        with tqdm(total=len(self), desc="synthetic set", unit="img", leave=False, disable=not progress) as bar:
+            self._generate_slots(torch.arange(len(self), device=self.device), None if bar.disable else bar)
 
     def recycle(self, fraction: float = 1.0) -> None:
         """Dynamic Dataset Recycle: renew a random `fraction` of the slots (all when 1)."""
-        if self.images is None or fraction >= 1.0:
+        if self._store is None or fraction >= 1.0:
             return self.fill()
         count = max(1, round(fraction * len(self)))
         slots = torch.randperm(len(self), device=self.device, generator=self.rng)[:count]
@@ -101,75 +119,117 @@ class SyntheticSource:
     # ------------------------------------------------------------ internals
 
     @torch.inference_mode()
-    def _generate_slots(self, slots: torch.Tensor) -> None:
-        if self.images is None:
-            c, h, w = self._image_shape()
-            self.images = torch.zeros((len(self), c, h, w), dtype=torch.uint8, device=self.device)
-        pending = slots
-        for _ in range(self.max_attempts if self.threshold is not None else 1):
+    def _generate_slots(self, slots: torch.Tensor, bar: tqdm | None = None) -> None:
+        if self._store is None:
+            c, h, w = self.image_shape
+            self._store = torch.zeros((len(self) + 1, c, h, w), dtype=torch.uint8, device=self.device)
+        if self.threshold is None:
+            self._fill_unfiltered(slots, count_as_accepted=True)
+            return
+        # Slots grouped by class, so that each class's empty slots form one run.
+        pending = slots[torch.argsort(self.labels[slots], stable=True)]
+        for _ in range(self.max_attempts):
             if pending.numel() == 0:
                 return
-            pending = self._attempt(pending)
+            waiting = pending.numel()
+            pending = self._filter_round(pending)
+            if bar is not None:
+                bar.update(waiting - pending.numel())
+                bar.set_postfix(accept=f"{self.stats.acceptance_rate:.2f}")
         if pending.numel():
             # Bounded filtering gave up on these slots: fill them with fresh unfiltered
             # samples and say so, rather than looping forever or duplicating accepted ones.
-            self.images[pending] = self._sample(self.labels[pending])
-            self.stats.fallback += torch.bincount(self.labels[pending], minlength=self.num_classes)
+            self._fill_unfiltered(pending, count_as_accepted=False)
 
-    def _attempt(self, pending: torch.Tensor) -> torch.Tensor:
-        """One filtering round: k candidates per pending slot; returns the slots still empty."""
-        k = 1 if self.threshold is None else min(MAX_OVERSAMPLING, math.ceil(1.0 / max(self._acceptance_estimate, 1e-3)))
-        still_pending = []
-        chunk = max(1, self.batch_size // k)
-        accepted_total, generated_total = 0, 0
-        for start in range(0, pending.numel(), chunk):
-            slots = pending[start : start + chunk]
-            labels = self.labels[slots].repeat(k)  # candidate j belongs to slot j % len(slots)
-            candidates = self._sample(labels)
-            accept = self._accepts(candidates, labels)
-            self.stats.generated += torch.bincount(labels, minlength=self.num_classes)
-            self.stats.accepted += torch.bincount(labels[accept], minlength=self.num_classes)
-            accepted_total += int(accept.sum())
-            generated_total += labels.numel()
-            # The first accepted candidate of each slot fills it.
-            per_slot = accept.view(k, slots.numel())
-            filled = per_slot.any(0)
-            first = per_slot.int().argmax(0)
-            chosen = candidates.view(k, slots.numel(), *candidates.shape[1:])[first, torch.arange(slots.numel(), device=self.device)]
-            self.images[slots[filled]] = chosen[filled]
-            still_pending.append(slots[~filled])
-        self._acceptance_estimate = accepted_total / max(1, generated_total)
-        return torch.cat(still_pending)
-
-    def _sample(self, labels: torch.Tensor) -> torch.Tensor:
-        """Generate uint8 images for `labels` in batches, with the Expansion Trick's stddev."""
-        out = []
-        low, high = self.stddev_range
-        for start in range(0, labels.numel(), self.batch_size):
-            y = labels[start : start + self.batch_size]
-            z = torch.randn((y.numel(), self.latent_dim), device=self.device, generator=self.rng)
-            if high > low:
-                sigma = low + (high - low) * torch.rand((y.numel(), 1), device=self.device, generator=self.rng)
+    def _fill_unfiltered(self, slots: torch.Tensor, count_as_accepted: bool) -> None:
+        for start in range(0, slots.numel(), self.batch_size):
+            chunk = slots[start : start + self.batch_size]
+            labels = self.labels[chunk]
+            self._store[chunk] = self._generate(labels)
+            counts = self._class_counts(labels)
+            if count_as_accepted:
+                self.stats.generated += counts
+                self.stats.accepted += counts
             else:
-                sigma = low
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                images = self.generator(z * sigma, y)
-            out.append(to_uint8(images.float()))
-        return torch.cat(out)
+                self.stats.fallback += counts
+
+    def _filter_round(self, pending: torch.Tensor) -> torch.Tensor:
+        """One round over class-grouped empty slots; returns those still empty (grouped)."""
+        num_classes = self.num_classes
+        pending_labels = self.labels[pending]
+        missing = self._class_counts(pending_labels)
+        first_slot = torch.cumsum(missing, 0) - missing  # where each class's run starts in `pending`
+        draws = self._draws_per_class(missing)
+        total = int(draws.sum())  # the round's one host synchronisation
+        candidate_labels = torch.repeat_interleave(torch.arange(num_classes, device=self.device), draws, output_size=total)
+        filled = torch.zeros(num_classes, dtype=torch.long, device=self.device)
+        dump = len(self)  # the store's spare row
+        for start in range(0, total, self.batch_size):
+            labels = candidate_labels[start : start + self.batch_size]
+            images = self._generate(labels)
+            accept = self._accepts(images, labels)
+            # Rank of each accepted candidate among its class's accepted ones so far this round.
+            onehot = torch.nn.functional.one_hot(labels, num_classes) * accept[:, None]
+            rank = filled[labels] + onehot.cumsum(0).gather(1, labels[:, None]).squeeze(1) - 1
+            used = accept & (rank < missing[labels])
+            position = (first_slot[labels] + rank).clamp(max=max(0, pending.numel() - 1))
+            target = torch.where(used, pending[position], torch.full_like(position, dump))
+            self._store.index_copy_(0, target, images)
+            accepted_here = onehot.sum(0)
+            filled += accepted_here
+            self.stats.generated += self._class_counts(labels)
+            self.stats.accepted += accepted_here
+        # Slots past each class's accepted count stay empty.
+        rank_in_class = torch.arange(pending.numel(), device=self.device) - first_slot[pending_labels]
+        return pending[rank_in_class >= filled[pending_labels]]
+
+    def _draws_per_class(self, missing: torch.Tensor) -> torch.Tensor:
+        """Candidates per class: enough, at its measured acceptance rate, to fill its empty slots."""
+        generated = self.stats.generated.float()
+        rate = torch.where(generated > 0, self.stats.accepted.float() / generated.clamp(min=1), torch.ones_like(generated))
+        rate = rate.clamp(min=1.0 / MAX_OVERSAMPLING)
+        wanted = missing.float() + missing.float().sqrt()  # a margin of about two binomial spreads
+        draws = torch.ceil(wanted / rate).long()
+        return torch.minimum(draws, missing * MAX_OVERSAMPLING)
+
+    def _generate(self, labels: torch.Tensor) -> torch.Tensor:
+        """uint8 images for `labels` (one batch), with the Expansion Trick's stddev."""
+        low, high = self.stddev_range
+        z = torch.randn((labels.numel(), self.latent_dim), device=self.device, generator=self.rng)
+        if high > low:
+            z = z * (low + (high - low) * torch.rand((labels.numel(), 1), device=self.device, generator=self.rng))
+        elif low != 1.0:
+            z = z * low
+        with autocast(self.device, self.dtype):
+            images = self.generator(z, labels)
+        return to_uint8(images.float())
 
     def _accepts(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.threshold is None:
-            return torch.ones_like(labels, dtype=torch.bool)
-        accept = []
-        for start in range(0, labels.numel(), self.batch_size):
-            x = to_float(images[start : start + self.batch_size])
-            y = labels[start : start + self.batch_size]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                probs = self.filter_model(x).float().softmax(1)
-            p_class = probs.gather(1, y[:, None]).squeeze(1)
-            accept.append((probs.argmax(1) == y) & (p_class > self.threshold))
-        return torch.cat(accept)
+        """The filter's verdict on the stored (uint8) form of the images."""
+        x = to_float(images).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            logits = self.filter_model(x).float()
+        probs = logits.softmax(1)
+        p_class = probs.gather(1, labels[:, None]).squeeze(1)
+        return (probs.argmax(1) == labels) & (p_class > self.threshold)
 
-    def _image_shape(self) -> tuple[int, int, int]:
-        probe = self._sample(self.labels[:1])
-        return tuple(probe.shape[1:])
+    def _class_counts(self, labels: torch.Tensor) -> torch.Tensor:
+        # index_add_ instead of bincount: bincount must read the maximum back to the host on CUDA.
+        counts = torch.zeros(self.num_classes, dtype=torch.long, device=self.device)
+        return counts.index_add_(0, labels, torch.ones_like(labels))
+
+
+def prepare_generator(generator: nn.Module, device, num_classes: int) -> nn.Module:
+    """The generator as synthesis runs it (see accel.inference_copy); do it once per loaded model."""
+    return inference_copy(generator, device, _probe_latents(int(generator.latent_dim), num_classes, torch.device(device)))
+
+
+def prepare_filter(filter_model: nn.Module, device, example_images: torch.Tensor) -> nn.Module:
+    """The filter as synthesis runs it; `example_images` are float images in [-1, 1] (a few suffice)."""
+    return inference_copy(filter_model, device, (example_images[:8].to(device),))
+
+
+def _probe_latents(latent_dim: int, num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    probe = torch.Generator(device=device).manual_seed(0)  # its own stream: the source's is untouched
+    z = torch.randn((8, latent_dim), device=device, generator=probe)
+    return z, torch.arange(8, device=device) % num_classes

@@ -1,23 +1,25 @@
-"""A worker: joins a pipeline by name and runs trials of its current stage until it is done."""
+"""A worker: joins a pipeline by name and runs CAS trials of its current stage until it is done.
+
+The distributed part (claims, tickets, heartbeats, stale trials, signals) is the loop of
+gafi_opt/distributed.py; this module gives it the CAS objective and the dashboard hooks.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from gafi_opt.cas import TrialContext, train_cas
+from gafi_opt.dashboard import publish_stage, publish_trial
 from gafi_opt.data import load_data
+from gafi_opt.distributed import StageLoop, WorkerOptions, WorkerStats
 from gafi_opt.errors import GafiError
 from gafi_opt.pipeline import Pipeline
-from gafi_opt.stages import SEARCHED, is_grid, suggest, trial_budget, trial_config
+from gafi_opt.stages import TrialConfig
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 1.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,12 +35,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Worker:
-    def __init__(self, pipeline: Pipeline, device: torch.device, progress: bool = True, reporter=None):
+    def __init__(self, pipeline: Pipeline, device: torch.device, progress: bool = True, reporter=None, options: WorkerOptions | None = None):
         self.pipeline = pipeline
         self.spec = pipeline.spec
         self.device = device
         self.progress = progress
         self.reporter = reporter  # called with (pipeline, stage) after each trial
+        self.options = options
         self._context: TrialContext | None = None
 
     @property
@@ -47,53 +50,23 @@ class Worker:
             self._context = TrialContext(self.spec, load_data(self.spec.data), self.device)
         return self._context
 
-    def run(self) -> None:
-        """Run trials until every stage is complete."""
-        while (stage := self.pipeline.current_stage()) is not None:
-            study = self.pipeline.wait_until_ready(stage)
-            trial = self._claim(study, stage)
-            if trial is None:
-                time.sleep(POLL_SECONDS)  # other workers hold the last trials of this stage
-                continue
-            self._run_trial(study, stage, trial)
-            if self.reporter:
-                self.reporter(self.pipeline, stage)
+    def run(self) -> WorkerStats:
+        """Run trials until every stage is complete (see gafi_opt/distributed.py)."""
+        return StageLoop(self.pipeline, self._objective, self.options, after_trial=self._after_trial).run()
 
-    def _claim(self, study: optuna.Study, stage: str) -> optuna.Trial | None:
-        """The next trial to run: an enqueued grid point, or a new sample within the budget."""
-        trials = study.get_trials(deepcopy=False)
-        if is_grid(self.spec, stage):
-            if not any(t.state == TrialState.WAITING for t in trials):
-                self._requeue_lost_points(study, stage, trials)
-                return None
-            return study.ask()
-        live = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)]
-        if len(live) >= trial_budget(self.spec, stage):
-            return None
-        return study.ask()
-
-    def _requeue_lost_points(self, study: optuna.Study, stage: str, trials) -> None:
-        """Grid points whose trials failed (and nothing else holds) go back in the queue."""
-        if any(t.state == TrialState.RUNNING for t in trials):
-            return
-        for value in self.pipeline.missing_points(stage):
-            study.enqueue_trial({SEARCHED[stage]: value})
-
-    def _run_trial(self, study: optuna.Study, stage: str, trial: optuna.Trial) -> None:
-        value = suggest(trial, self.spec, stage)
-        config = trial_config(stage, value, study.user_attrs["fixed"], self.spec)
-        trial.set_user_attr("config", config.describe())
+    def _objective(self, trial: optuna.Trial, stage: str, config: TrialConfig) -> float:
+        """One CAS trial; the loop tells the result (NaN: failed and re-queued)."""
         try:
             result = train_cas(self.context, config, trial, progress=self.progress)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            return
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
+        except optuna.TrialPruned as pruned:
+            publish_trial(self.pipeline, trial.study, trial, config, getattr(pruned, "result", None), pruned=True)
             raise
         for key, attr in result.user_attrs().items():
             trial.set_user_attr(key, attr)
-        if math.isnan(result.val_acc):
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            study.tell(trial, result.val_acc)
+        publish_trial(self.pipeline, trial.study, trial, config, result)  # dashboard: note and sample grid
+        return result.val_acc
+
+    def _after_trial(self, pipeline: Pipeline, stage: str) -> None:
+        publish_stage(pipeline, stage)  # dashboard: the stage's key figure
+        if self.reporter:
+            self.reporter(pipeline, stage)

@@ -51,3 +51,63 @@ def tiny_pipeline(tmp_path_factory):
     assert result.exit_code == 0, result.output
     spec = load_spec(DIGITS, overrides)
     return spec, spec.storage_url
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh database on the PostgreSQL server at 127.0.0.1:5432 for this test run, dropped afterwards.
+
+    Without a server the tests that need it are skipped, except under CI (CI=true), where
+    they fail: CI must test the real thing (.ci/services.sh starts the server).
+    """
+    import os
+    import uuid
+
+    import psycopg
+
+    admin, user, errors = None, None, []
+    for user in ("postgres", "root"):
+        for dbname in ("test", "postgres"):
+            try:
+                admin = psycopg.connect(host="127.0.0.1", port=5432, user=user, dbname=dbname, autocommit=True, connect_timeout=5)
+                break
+            except psycopg.OperationalError as exc:
+                errors.append(" ".join(str(exc).split()))
+        if admin is not None:
+            break
+    if admin is None:
+        message = f"no PostgreSQL server usable at 127.0.0.1:5432 (run .ci/services.sh): {errors[-1] if errors else ''}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"gafi_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{user}@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def grpc_proxy(tmp_path):
+    """`gafi-opt storage-proxy` in front of an SQLite file: (grpc URL, process); stopped with SIGTERM afterwards."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    command = [sys.executable, "-m", "gafi_opt.cli", "storage-proxy", "--storage", f"sqlite:///{tmp_path / 'proxied.db'}", "--port", str(port)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    yield f"grpc://127.0.0.1:{port}", process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    process.wait(timeout=20)

@@ -94,7 +94,7 @@ def test_status_and_markdown_export(tiny_pipeline):
     assert f"pipeline {spec.name}: complete" in status.output
     assert "checkpoint " in status.output and "done" in status.output
     table = CliRunner().invoke(main, ["export", "--storage", url, "--pipeline", spec.name, "--format", "markdown"])
-    assert table.exit_code == 0 and table.output.startswith("| pipeline | dataset | checkpoint")
+    assert table.exit_code == 0 and table.output.startswith("| pipeline | dataset |") and "| checkpoint |" in table.output
 
 
 def test_run_again_skips_what_is_done(tiny_pipeline):

@@ -1,9 +1,15 @@
 """Classifier training on uint8 image tensors that already sit on the training device.
 
 No DataLoader: each epoch draws an index permutation on the device, slices whole batches,
-normalises and augments them there. The optimiser is SGD (Nesterov) with *decoupled*
-weight decay, applied every step as p <- p * (1 - weight_decay * lr_t / lr_0)
-(Loshchilov & Hutter's SGDW, where the decay follows the learning-rate schedule).
+normalises and augments them there. Convolutional models run channels_last (on CPU too:
+oneDNN's NHWC kernels are faster, and NCHW max-pooling on a CPU is very slow); autocast
+follows `precision` (see gafi_opt.accel). The optimiser is SGD (Nesterov, fused on CUDA,
+foreach elsewhere) with *decoupled* weight decay, applied every step as
+p <- p * (1 - weight_decay * lr_t / lr_0) (Loshchilov & Hutter's SGDW, where the decay
+follows the learning-rate schedule). Evaluation runs in large batches on argmax of logits.
+
+With a `ModelSlot` (spec `compile = true`), the model is the worker's one compiled module,
+re-initialised for this trial: the same initial weights a fresh build with this seed gets.
 """
 
 from __future__ import annotations
@@ -12,31 +18,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gafi_opt.accel import ModelSlot, autocast, autocast_dtype, is_convolutional, to_channels_last
 from gafi_opt.augment import augment, to_float
 from gafi_opt.models import build_classifier
 from gafi_opt.spec import ClassifierSpec
 
 
 class ClassifierTrainer:
-    def __init__(self, spec: ClassifierSpec, image_shape, num_classes: int, device: torch.device, seed: int):
+    def __init__(
+        self,
+        spec: ClassifierSpec,
+        image_shape,
+        num_classes: int,
+        device: torch.device,
+        seed: int,
+        precision: str = "auto",
+        slot: ModelSlot | None = None,
+    ):
         torch.manual_seed(seed)
         self.spec = spec
-        self.device = device
-        self.model: nn.Module = build_classifier(spec, image_shape, num_classes).to(device)
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.device = torch.device(device)
+        self.dtype = autocast_dtype(self.device, precision)
+        fresh = build_classifier(spec, image_shape, num_classes)
+        if slot is None:
+            self.model: nn.Module = to_channels_last(fresh.to(self.device))
+            self.forward = self.model
+        else:
+            slot.load(fresh.state_dict())
+            self.model, self.forward = slot.module, slot.forward
+        self.channels_last = is_convolutional(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             self.params,
             lr=spec.lr,
             momentum=spec.momentum,
             nesterov=spec.nesterov and spec.momentum > 0,
-            **_fast_optimizer_flags(device),
+            **_fast_optimizer_flags(self.device),
         )
         milestones = sorted({max(1, round(m * spec.epochs)) for m in spec.lr_milestones})
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=0.1)
-        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.epoch = 0
+
+    def _input(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        x = to_float(images_uint8)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_epoch(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One pass over (images, labels) in shuffled batches; returns the mean loss."""
@@ -48,10 +74,10 @@ class ClassifierTrainer:
         for start in range(0, order.numel(), spec.batch_size):
             idx = order[start : start + spec.batch_size]
             x = augment(to_float(images[idx]), spec.augment, spec.crop_padding, spec.cutout_size, self.gen)
-            if self.device.type == "cuda":
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss = F.cross_entropy(self.model(x), labels[idx])
+            with autocast(self.device, self.dtype):
+                loss = F.cross_entropy(self.forward(x), labels[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -66,7 +92,16 @@ class ClassifierTrainer:
     @torch.inference_mode()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """Top-1 accuracy as a fraction, in large batches."""
-        return float(accuracy(self.model, images, labels, self.spec.eval_batch_size))
+        if images.shape[0] == 0:
+            return 0.0
+        self.model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for start in range(0, images.shape[0], self.spec.eval_batch_size):
+            x = self._input(images[start : start + self.spec.eval_batch_size])
+            with autocast(self.device, self.dtype):
+                logits = self.forward(x)
+            correct += (logits.argmax(1) == labels[start : start + self.spec.eval_batch_size]).sum()
+        return float(correct.float() / images.shape[0])  # float32, as accuracy() computes it
 
 
 @torch.inference_mode()

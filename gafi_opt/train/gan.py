@@ -18,6 +18,7 @@ from gafi_opt.checkpoints import atomic_save, generator_dir
 from gafi_opt.data import RealData
 from gafi_opt.errors import GafiError
 from gafi_opt.models import build_discriminator, build_generator
+from gafi_opt.run_data import bind_run_data
 from gafi_opt.spec import Spec
 
 
@@ -34,6 +35,7 @@ def train_generator(spec: Spec, data: RealData, device: torch.device, seed: int 
     """Train (or resume) the spec's generator; returns the number of epochs done."""
     if spec.generator.checkpoints:
         raise GafiError("generator.checkpoints is set: this pipeline uses your checkpoints and trains no generator")
+    bind_run_data(spec, data)  # checkpoints to resume must come from this same real train set
     gspec = spec.generator
     out = generator_dir(spec)
     state_path = out / "state.pt"
@@ -43,7 +45,7 @@ def train_generator(spec: Spec, data: RealData, device: torch.device, seed: int 
     ema = copy.deepcopy(generator).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(generator.parameters(), lr=gspec.lr, betas=gspec.betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=gspec.lr, betas=gspec.betas)
-    epoch, step = 0, 0
+    epoch, step, d_step = 0, 0, 0
     if state_path.exists():
         state = _load_training_state(state_path)
         try:
@@ -55,6 +57,7 @@ def train_generator(spec: Spec, data: RealData, device: torch.device, seed: int 
         except (RuntimeError, KeyError, ValueError) as exc:
             raise GafiError(f"{state_path} does not fit the spec's generator: {' '.join(str(exc).split())[:200]}") from None
         epoch, step = int(state["epoch"]), int(state["step"])
+        d_step = int(state.get("d_step", step * gspec.d_steps))
         torch.set_rng_state(state["rng"])
     if epoch >= gspec.epochs:
         return epoch
@@ -67,10 +70,12 @@ def train_generator(spec: Spec, data: RealData, device: torch.device, seed: int 
     for epoch in range(epoch + 1, gspec.epochs + 1):
         order = torch.randperm(n, device=device)
         d_losses, g_losses = [], []
-        for i, start in enumerate(range(0, n - batch + 1, batch)):
+        for start in range(0, n - batch + 1, batch):
             idx = order[start : start + batch]
             d_losses.append(_discriminator_step(generator, discriminator, opt_d, to_float(images[idx]), labels[idx]))
-            if (i + 1) % gspec.d_steps == 0:
+            d_step += 1
+            # Counted across epochs: a small (data-scarce) train set may give fewer batches per epoch than d_steps.
+            if d_step % gspec.d_steps == 0:
                 g_losses.append(_generator_step(generator, discriminator, opt_g, batch, data.num_classes, device))
                 step += 1
                 ema_update(ema, generator, gspec.ema_decay if step > gspec.ema_start else 0.0)
@@ -84,6 +89,7 @@ def train_generator(spec: Spec, data: RealData, device: torch.device, seed: int 
                 "opt_d": opt_d.state_dict(),
                 "epoch": epoch,
                 "step": step,
+                "d_step": d_step,
                 "rng": torch.get_rng_state(),
             },
             state_path,

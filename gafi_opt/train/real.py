@@ -17,6 +17,7 @@ from gafi_opt.checkpoints import atomic_save
 from gafi_opt.data import RealData
 from gafi_opt.errors import GafiError
 from gafi_opt.models import build_classifier
+from gafi_opt.run_data import bind_run_data
 from gafi_opt.spec import Spec
 from gafi_opt.train.classifier import ClassifierTrainer
 
@@ -34,6 +35,7 @@ def filter_path(spec: Spec) -> Path:
 
 def train_real_classifier(spec: Spec, data: RealData, device: torch.device, progress: bool = True) -> RealClassifierResult:
     """Train the filter classifier unless its file already exists; returns its accuracies."""
+    bind_run_data(spec, data)  # a cached filter.pt must come from this same real train set
     path = filter_path(spec)
     if path.exists():
         return load_real_result(spec)

@@ -1,0 +1,215 @@
+"""Benchmark 3: classifier-epochs of budgeted search (TPE + successive halving / Hyperband) against the grid.
+
+On the digits preset, for each of several seeds (the spec's `seed`), the search stages
+(checkpoint -> stddev -> threshold, each fixing its best value for the next) are run
+
+- exhaustively: every grid point, full classifier epochs, no pruner (the paper's way);
+- budgeted: each stage searched by gafi_opt.stages' sampler (TPE) over the same ranges with a
+  trial budget, and cut by its pruner (successive halving or Hyperband over classifier epochs);
+
+then the final stage (the chosen configuration, set renewed every epoch, `final.seeds`
+classifier seeds) gives the test CAS each ends with. Stages use the library's own pieces
+(stages.make_sampler / make_pruner / suggest / trial_config / trial_budget and cas.train_cas)
+in in-memory Optuna studies, one trial at a time, so that the counts are exact and
+reproducible; classifier-epochs are read from each trial's `classifier_epochs` user attr.
+
+Reported per mode: search classifier-epochs (and their share of the grid's), the epochs after
+which the best val CAS so far first came within `--tolerance` points of the grid's best (same
+seed), and the final test CAS (mean over seeds, with the spread over seeds).
+
+It reuses the digits generator checkpoints and filter (runs/digits, made by `gafi-opt run
+studies/digits.toml`); they are copied to a scratch folder first.
+
+    .venv/bin/python benchmarks/search_bench.py                 # 3 seeds, about 15 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/search_bench.py --seeds 1 --modes grid tpe+sha
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _bench import ROOT, command_line, machine, set_threads, table, write_result
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from gafi_opt.cas import TrialContext, train_cas
+from gafi_opt.data import load_data
+from gafi_opt.spec import load_spec
+from gafi_opt.stages import SEARCHED, is_grid, make_pruner, make_sampler, suggest, trial_budget, trial_config
+
+SEARCH_STAGES = ("checkpoint", "stddev", "threshold")
+MODES = {
+    # mode -> overrides applied to every search stage
+    "grid": {"search": "grid", "pruner": "none"},
+    "tpe+sha": {"search": "tpe", "pruner": "sha"},
+    "tpe+hyperband": {"search": "tpe", "pruner": "hyperband"},
+    "gp+sha": {"search": "gp", "pruner": "sha"},
+}
+
+
+def mode_overrides(mode: str, trials: dict[str, int]) -> list[str]:
+    out = []
+    for stage in SEARCH_STAGES:
+        out += [f"{stage}.{key}={json.dumps(value)}" for key, value in MODES[mode].items()]
+        if mode != "grid" and stage in trials:
+            out.append(f"{stage}.n_trials={trials[stage]}")
+    return out
+
+
+def parse_trials(text: str) -> dict[str, int]:
+    pairs = (item.split("=") for item in text.split(",") if item)
+    return {stage.strip(): int(count) for stage, count in pairs}
+
+
+def run_stage(ctx: TrialContext, spec, stage: str, fixed: dict, log: list) -> dict:
+    """One search stage in an in-memory study; appends (epochs, val, complete) per trial to `log`."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, stage), pruner=make_pruner(spec, stage))
+    if is_grid(spec, stage):
+        from gafi_opt.stages import grid
+
+        for value in grid(spec, stage):
+            study.enqueue_trial({SEARCHED[stage]: value})
+    for _ in range(trial_budget(spec, stage)):
+        trial = study.ask()
+        value = suggest(trial, spec, stage)
+        config = trial_config(stage, value, fixed, spec)
+        try:
+            result = train_cas(ctx, config, trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            frozen = study.trials[trial.number]
+            log.append({"stage": stage, "value": value, "epochs": frozen.user_attrs["classifier_epochs"],
+                        "val": frozen.user_attrs["val_acc"], "complete": False})
+            continue
+        for key, attr in result.user_attrs().items():
+            trial.set_user_attr(key, attr)
+        study.tell(trial, result.val_acc)
+        log.append({"stage": stage, "value": value, "epochs": result.epochs, "val": result.val_acc,
+                    "test": result.test_acc, "complete": True, "history": result.val_history})
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: (t.user_attrs["val_acc"], -t.number))  # as Pipeline.best_trial
+    value = best.params[SEARCHED[stage]]
+    return {SEARCHED[stage]: value if isinstance(value, int) else round(value, 9)}
+
+
+def run_pipeline(ctx: TrialContext, spec) -> dict:
+    started = time.perf_counter()
+    fixed: dict = {}
+    log: list = []
+    for stage in SEARCH_STAGES:
+        fixed.update(run_stage(ctx, spec, stage, fixed, log))
+    search_seconds = time.perf_counter() - started
+    finals = []
+    for i in range(spec.final.seeds):
+        result = train_cas(ctx, trial_config("final", spec.seed + i, fixed, spec))
+        finals.append({"val": result.val_acc, "test": result.test_acc})
+    return {
+        "chosen": fixed,
+        "trials": log,
+        "search_epochs": sum(t["epochs"] for t in log),
+        "search_seconds": round(search_seconds, 1),
+        "best_val": max(t["val"] for t in log if t["complete"]),
+        "final_test": statistics.fmean(f["test"] for f in finals),
+        "final_val": statistics.fmean(f["val"] for f in finals),
+        "finals": finals,
+    }
+
+
+def epochs_to_reach(log: list, target: float) -> int | None:
+    """Cumulative classifier-epochs when a complete trial's val CAS first reaches `target`."""
+    spent = 0
+    for t in log:
+        spent += t["epochs"]
+        if t["complete"] and t["val"] >= target - 1e-9:
+            return spent
+    return None
+
+
+def scratch_run_dir(source: Path, epochs) -> Path:
+    """Copy the filter and the needed generator checkpoints, so that a concurrent run cannot change them."""
+    target = Path(tempfile.mkdtemp(prefix="gafi-search-bench-"))
+    (target / "generator").mkdir()
+    shutil.copy2(source / "filter.pt", target / "filter.pt")
+    for epoch in epochs:
+        name = f"epoch_{int(epoch):04d}.pt"
+        shutil.copy2(source / "generator" / name, target / "generator" / name)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", default=str(ROOT / "studies" / "digits.toml"))
+    parser.add_argument("--run-dir", default=str(ROOT / "runs" / "digits"), help="holds filter.pt and generator/epoch_*.pt")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", default=["grid", "tpe+sha", "tpe+hyperband", "gp+sha"], choices=list(MODES))
+    parser.add_argument("--trials", default="checkpoint=4,stddev=2,threshold=2",
+                        help="trial budget of each budgeted stage (the checkpoint matters most on digits)")
+    parser.add_argument("--tolerance", type=float, default=0.5, help="points of val CAS below the grid's best that count as reached")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--set", action="append", default=[], help="extra spec overrides for every mode")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    started_machine = machine()
+
+    base = load_spec(args.study, args.set)
+    if not (Path(args.run_dir) / "filter.pt").exists():
+        raise SystemExit(f"no filter.pt in {args.run_dir}: run 'gafi-opt run {args.study}' first")
+    run_dir = scratch_run_dir(Path(args.run_dir), base.checkpoint.values)
+    data = load_data(base.data)
+    device = torch.device("cpu")
+    results: dict = {mode: [] for mode in args.modes}
+    try:
+        for seed in range(args.seeds):
+            for mode in args.modes:  # modes interleaved within each seed
+                spec = load_spec(args.study, args.set + [f"seed={seed}", f"run_dir={run_dir}"] + mode_overrides(mode, parse_trials(args.trials)))
+                ctx = TrialContext(spec, data, device)
+                run = run_pipeline(ctx, spec)
+                run["seed"] = seed
+                results[mode].append(run)
+                print(f"seed {seed} {mode:14s} epochs {run['search_epochs']:4d}  best val {run['best_val']:.4f}  "
+                      f"final test {run['final_test']:.4f}  chosen {run['chosen']}  ({run['search_seconds']}s)", flush=True)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    rows, summary = [], {}
+    grid_runs = results.get("grid")
+    for mode, runs in results.items():
+        epochs = [r["search_epochs"] for r in runs]
+        tests = [r["final_test"] for r in runs]
+        entry = {"search_epochs": epochs, "final_test": tests, "chosen": [r["chosen"] for r in runs]}
+        reach = []
+        if grid_runs:
+            for run, g in zip(runs, grid_runs):
+                reach.append(epochs_to_reach(run["trials"], g["best_val"] - args.tolerance / 100))
+            entry["epochs_to_reach"] = reach
+            grid_epochs = statistics.fmean(r["search_epochs"] for r in grid_runs)
+        reached = [r for r in reach if r is not None]
+        rows.append([
+            mode,
+            f"{statistics.fmean(epochs):.0f}",
+            f"{100 * statistics.fmean(epochs) / grid_epochs:.0f}%" if grid_runs else "-",
+            f"{len(reached)}/{len(runs)}",
+            f"{statistics.median(reached):.0f}" if reached else "never",
+            f"{100 * statistics.median(reached) / grid_epochs:.0f}%" if reached and grid_runs else "-",
+            f"{100 * statistics.fmean(tests):.2f} ± {100 * (statistics.stdev(tests) if len(tests) > 1 else 0):.2f}",
+        ])
+        summary[mode] = entry
+    headers = ["mode", "search epochs (mean)", "of grid", f"reached grid best -{args.tolerance}", "epochs to reach (median)",
+               "of grid", "final test CAS % (mean ± sd over seeds)"]
+    text = table(headers, rows)
+    print(text)
+    write_result("search_bench", {"settings": vars(args), "machine_at_start": started_machine, "summary": summary,
+                                  "runs": results}, text, command_line())
+
+
+if __name__ == "__main__":
+    main()

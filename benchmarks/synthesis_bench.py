@@ -1,0 +1,240 @@
+"""Benchmark 1: accepted images per second of generate + filter, batched SyntheticSource vs the official way.
+
+The reference (gafi_opt/synth_reference.py) is written as the official GaFi code does it: a
+Python loop per class that generates the missing count, filters it, then generates twice the
+count still missing, filtering each batch on its own, with per-class host round trips, in
+fp32. The fast path is `SyntheticSource.fill()`: all classes in one batched pass under
+inference mode, class-pooled acceptance, BatchNorm folded and channels_last (fp32), and
+optionally bf16 autocast where the CPU computes bf16 natively (`precision = "bf16"`).
+
+Each timed call makes the whole set from nothing (a fresh source, so no acceptance rate is
+known in advance); the models are prepared once beforehand, as a worker does for its trials.
+Variants run interleaved (ref, fast, fast-bf16, ref, ...); medians are reported.
+
+Acceptance statistics are compared per class: over all repetitions each variant's accepted
+and generated counts per class give a two-proportion z score per class; the table shows the
+overall acceptance rates, the largest |z| and the p-value of sum(z^2) ~ chi2(classes)
+(a p-value far from 0 means no detectable difference between the two).
+
+Models: the trained digits generator and filter from runs/digits when present (else a small
+one is trained here with the library), and a DCGAN-size generator at 32x32 (width 64, random
+weights) with a ResNet-20 filter (width 16, random weights) whose head is replaced by
+nearest-class-mean logits over its features, so that acceptance is neither 0 nor 1.
+
+    .venv/bin/python benchmarks/synthesis_bench.py
+    .venv/bin/python benchmarks/synthesis_bench.py --models digits --repeats 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from _bench import ROOT, command_line, interleaved, machine, median, set_threads, table, write_result
+
+import torch
+from scipy import stats as scipy_stats
+from torch import nn
+
+from gafi_opt.accel import cpu_has_native_bf16
+from gafi_opt.augment import to_float
+from gafi_opt.synth import SyntheticSource, prepare_filter, prepare_generator
+from gafi_opt.synth_reference import reference_synthesis
+
+THRESHOLDS = (0.0, 0.5, 0.9)
+
+
+# ---------------------------------------------------------------- models
+
+
+def digits_models(run_dir: Path, epoch: int | None):
+    """The trained digits generator (latest or given epoch) and filter, or small ones trained here."""
+    from gafi_opt.checkpoints import checkpoint_paths, load_generator
+    from gafi_opt.data import load_data
+    from gafi_opt.spec import load_spec
+    from gafi_opt.train.real import load_filter
+
+    study = ROOT / "studies" / "digits.toml"
+    spec = load_spec(study, [f"run_dir={run_dir}"])
+    data = load_data(spec.data)
+    origin = f"trained digits models from {run_dir}"
+    if not (run_dir / "filter.pt").exists() or not checkpoint_paths(spec):
+        import tempfile
+
+        from gafi_opt.train.gan import train_generator
+        from gafi_opt.train.real import train_real_classifier
+
+        scratch = Path(tempfile.mkdtemp(prefix="gafi-synth-bench-"))
+        spec = load_spec(study, [f"run_dir={scratch}", "generator.epochs=30", "checkpoint.values=[30]"])
+        train_real_classifier(spec, data, torch.device("cpu"), progress=False)
+        train_generator(spec, data, torch.device("cpu"), seed=0, progress=False)
+        origin = "digits models trained by this benchmark (30 generator epochs)"
+    paths = checkpoint_paths(spec)
+    epoch = epoch or max(paths)
+    generator = load_generator(spec, paths[epoch], data.image_shape, data.num_classes)
+    filter_model = load_filter(spec, data.image_shape, data.num_classes, "cpu")
+    per_class = data.train_y.numel() // data.num_classes  # the paper's rule: real train size / classes
+    return generator, filter_model, data.num_classes, per_class, f"{origin}, generator epoch {epoch}", to_float(data.val_x[:256])
+
+
+class NearestMeanHead(nn.Module):
+    """Random ResNet features, logits = -|f - mean_c|^2 / temperature: a filter with class structure."""
+
+    def __init__(self, features: nn.Module, means: torch.Tensor, temperature: float):
+        super().__init__()
+        self.features = features
+        self.register_buffer("means", means)
+        self.temperature = temperature
+
+    def forward(self, x):
+        f = self.features(x)
+        return -torch.cdist(f, self.means).pow(2) / self.temperature
+
+
+def dcgan_models(per_class: int):
+    from gafi_opt.models.resnet import resnet20
+    from gafi_opt.models.small import DCGANGenerator
+
+    torch.manual_seed(0)
+    classes = 10
+    generator = DCGANGenerator(128, classes, (3, 32, 32), width=64).eval()
+    backbone = resnet20(3, classes, width=16).eval()
+    features = nn.Sequential(backbone.stem, backbone.stages, backbone.pool)
+    with torch.inference_mode():  # class means of the random features over the random generator's images
+        y = torch.arange(classes).repeat_interleave(32)
+        f = features(generator(torch.randn(y.numel(), 128), y).clamp(-1, 1))
+        means = torch.stack([f[y == c].mean(0) for c in range(classes)])
+        spread = torch.cdist(f, means).pow(2)
+        temperature = float((spread.max(1).values - spread.min(1).values).median()) / 8
+    filter_model = NearestMeanHead(features, means, temperature).eval()
+    description = "DCGAN generator (width 64, latent 128) + ResNet-20 (width 16) features with class-mean head, random weights"
+    return generator, filter_model, classes, per_class, description, None
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def compare_acceptance(a: dict, b: dict) -> dict:
+    """Per-class two-proportion z scores between two variants' pooled counts."""
+    z = []
+    for acc_a, gen_a, acc_b, gen_b in zip(a["accepted"], a["generated"], b["accepted"], b["generated"]):
+        if not gen_a or not gen_b:
+            continue
+        pooled = (acc_a + acc_b) / (gen_a + gen_b)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / gen_a + 1 / gen_b))
+        z.append(0.0 if se == 0 else (acc_a / gen_a - acc_b / gen_b) / se)
+    chi2 = sum(v * v for v in z)
+    return {"max_abs_z": max(abs(v) for v in z) if z else 0.0, "chi2": chi2, "dof": len(z),
+            "p_value": float(scipy_stats.chi2.sf(chi2, len(z))) if z else 1.0}
+
+
+def run_model(name, generator, filter_model, classes, per_class, args, example):
+    device = torch.device("cpu")
+    g = prepare_generator(generator, device, classes)
+    example = example if example is not None else g(*_latents(generator.latent_dim, classes)).detach().clamp(-1, 1)
+    f = prepare_filter(filter_model, device, example)
+    variants = {"reference": "fp32"}
+    variants["fast fp32"] = "fp32"
+    if cpu_has_native_bf16() and not args.no_bf16:
+        variants["fast bf16"] = "bf16"
+    counts = {(v, t): {"accepted": [0] * classes, "generated": [0] * classes, "fallback": 0, "calls": 0}
+              for v in variants for t in THRESHOLDS}
+    seed = iter(range(10**6))
+
+    def record(key, accepted, generated, fallback):
+        entry = counts[key]
+        entry["accepted"] = [x + int(y) for x, y in zip(entry["accepted"], accepted)]
+        entry["generated"] = [x + int(y) for x, y in zip(entry["generated"], generated)]
+        entry["fallback"] += int(fallback)
+        entry["calls"] += 1
+
+    def call(variant, threshold):
+        def run():
+            s = next(seed)
+            if variant == "reference":
+                _, _, st = reference_synthesis(generator, filter_model, classes, per_class, threshold=threshold,
+                                               max_attempts=args.max_attempts, batch_size=args.batch_size, seed=s)
+            else:
+                source = SyntheticSource(g, classes, per_class, threshold=threshold, filter_model=f, max_attempts=args.max_attempts,
+                                         batch_size=args.batch_size, seed=s, precision=variants[variant])
+                source.fill()
+                st = source.stats
+            record((variant, threshold), st.accepted.tolist(), st.generated.tolist(), st.fallback.sum())
+        return run
+
+    calls = {f"{v}@{t}": call(v, t) for t in THRESHOLDS for v in variants}
+    for fn in calls.values():  # warm-up: allocator, oneDNN primitive caches
+        fn()
+    for entry in counts.values():
+        entry.update(accepted=[0] * classes, generated=[0] * classes, fallback=0, calls=0)
+    times = interleaved(calls, args.repeats)
+
+    rows, records = [], []
+    total = classes * per_class
+    for t in THRESHOLDS:
+        ref_key = ("reference", t)
+        ref_time = median(times[f"reference@{t}"])
+        for v in variants:
+            entry = counts[(v, t)]
+            seconds = median(times[f"{v}@{t}"])
+            kept = total - entry["fallback"] / entry["calls"]
+            rate = sum(entry["accepted"]) / max(1, sum(entry["generated"]))
+            cmp = compare_acceptance(entry, counts[ref_key]) if v != "reference" else None
+            record_row = {"model": name, "threshold": t, "variant": v, "median_seconds": seconds, "accepted_per_second": kept / seconds,
+                          "speedup_vs_reference": ref_time / seconds, "acceptance_rate": rate,
+                          "generated_per_call": sum(entry["generated"]) / entry["calls"],
+                          "fallback_per_call": entry["fallback"] / entry["calls"], "comparison": cmp,
+                          "per_class_accepted": entry["accepted"], "per_class_generated": entry["generated"],
+                          "seconds": times[f"{v}@{t}"]}
+            records.append(record_row)
+            rows.append([name, t, v, f"{kept / seconds:,.0f}", f"{ref_time / seconds:.2f}x", f"{rate:.4f}",
+                         f"{record_row['generated_per_call']:.0f}", f"{record_row['fallback_per_call']:.1f}",
+                         "-" if cmp is None else f"{cmp['max_abs_z']:.2f}", "-" if cmp is None else f"{cmp['p_value']:.2f}"])
+    return rows, records
+
+
+def _latents(latent_dim, classes):
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(64) % classes
+    return torch.randn(64, latent_dim, generator=g), y
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["digits", "dcgan32"], choices=["digits", "dcgan32"])
+    parser.add_argument("--run-dir", default=str(ROOT / "runs" / "digits"))
+    parser.add_argument("--epoch", type=int, default=None, help="digits generator checkpoint (default: the latest)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--dcgan-per-class", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--max-attempts", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--no-bf16", action="store_true")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    started = machine()
+    rows, records, described = [], [], {}
+    with torch.inference_mode(False):
+        for name in args.models:
+            if name == "digits":
+                models = digits_models(Path(args.run_dir), args.epoch)
+            else:
+                models = dcgan_models(args.dcgan_per_class)
+            generator, filter_model, classes, per_class, description, example = models
+            described[name] = {"models": description, "classes": classes, "per_class": per_class}
+            r, rec = run_model(name, generator, filter_model, classes, per_class, args, example)
+            rows += r
+            records += rec
+            print(f"{name}: {description}; {classes} classes x {per_class}", flush=True)
+    headers = ["model", "threshold", "variant", "accepted img/s", "vs reference", "acceptance", "generated/set",
+               "fallback/set", "max |z| vs ref", "p (chi2) vs ref"]
+    text = table(headers, rows)
+    print(text)
+    path = write_result("synthesis_bench", {"settings": vars(args), "machine_at_start": started, "models": described,
+                                            "results": records}, text, command_line())
+    print(f"written {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Speed helpers that synthesis and the classifier trainer share.
+
+- Precision: bf16 autocast on CUDA by default; on a CPU only when asked for
+  (`precision = "bf16"`), and only where the CPU computes bf16 natively (AVX512-BF16 /
+  AMX), where oneDNN runs convolutions several times faster than in fp32.
+- channels_last for convolutional models, on CPU as on GPU: oneDNN and cuDNN are fastest
+  in NHWC, and PyTorch's NCHW max-pool on a CPU is an order of magnitude slower.
+- Inference copies of eval-mode models with BatchNorm folded into the convolution or
+  linear layer before it (torch.fx), kept only when they agree with the original.
+- `torch.compile` once per worker: a `ModelSlot` holds one module and its compiled
+  forward; later trials load new weights into the same parameters and reuse the code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import warnings
+
+import torch
+from torch import nn
+
+from gafi_opt.errors import GafiError
+from gafi_opt.spec import PRECISIONS
+
+_PREPARED = "_gafi_inference_ready"
+
+
+def cpu_has_native_bf16() -> bool:
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for `device` under `precision`, or None for plain fp32."""
+    if precision not in PRECISIONS:
+        raise GafiError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            raise GafiError("precision bf16 asked for, but this CPU has no native bf16 (AVX512-BF16 or AMX)")
+        return torch.bfloat16
+    return None  # auto on a CPU: fp32, the numerics every CPU shares
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    return any(p.dim() == 4 for p in model.parameters())
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    return model.to(memory_format=torch.channels_last) if is_convolutional(model) else model
+
+
+def inference_copy(model: nn.Module, device: torch.device, probe: tuple[torch.Tensor, ...]) -> nn.Module:
+    """An eval-mode copy of `model` on `device`, made faster for inference where that is exact.
+
+    Weight parametrizations (spectral norm) are baked into plain weights (in eval mode they
+    are fixed), BatchNorm is folded into the convolution or linear layer before it (torch.fx),
+    and convolutional models go channels_last. `probe` is an input batch: the faster copy is
+    used only if its output matches the original's on it, else a plain eval copy is. A
+    compiled model, or one this function already returned, is used as it is.
+    """
+    if is_compiled(model) or getattr(model, _PREPARED, False):
+        return model
+    device = torch.device(device)
+    plain = copy.deepcopy(model).to(device).eval()
+    candidate = plain
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        with torch.inference_mode():
+            expected = plain(*probe).float()
+        faster = copy.deepcopy(plain)
+        _bake_parametrizations(faster)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            faster = fuse(faster).to(device).eval()
+        with torch.inference_mode():
+            got = faster(*probe).float()
+        if expected.shape == got.shape and torch.allclose(expected, got, rtol=1e-3, atol=1e-4):
+            candidate = faster
+    except Exception:  # untraceable forward (data-dependent control flow, custom ops): keep the plain copy
+        candidate = plain
+    candidate = to_channels_last(candidate)
+    if candidate is not plain:  # a traced copy keeps only modules: carry the plain attributes (latent_dim, ...)
+        for name, value in vars(model).items():
+            if not name.startswith("_") and isinstance(value, (bool, int, float, str, tuple)) and not hasattr(candidate, name):
+                setattr(candidate, name, value)
+    setattr(candidate, _PREPARED, True)
+    return candidate
+
+
+def _bake_parametrizations(model: nn.Module) -> None:
+    """Replace parametrized tensors by their current values, in this (copied) model only.
+
+    Not parametrize.remove_parametrizations: it deletes the property from the Parametrized*
+    class, which a deep copy shares with the original model, and would break the original.
+    """
+    from torch.nn.utils import parametrize
+
+    with torch.no_grad():
+        for module in list(model.modules()):
+            if not parametrize.is_parametrized(module):
+                continue
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            kinds = {name: isinstance(module.parametrizations[name].original, nn.Parameter) for name in values}
+            module.__class__ = module.__class__.__bases__[0]  # the class it had before parametrization
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                if kinds[name]:
+                    module.register_parameter(name, nn.Parameter(value))
+                else:
+                    module.register_buffer(name, value)
+
+
+def is_compiled(model: nn.Module) -> bool:
+    dynamo = sys.modules.get("torch._dynamo")  # a compiled model implies it is imported; never import it here
+    return dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule)
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """torch.compile with dynamic batch sizes (the last batch of an epoch is smaller)."""
+    return torch.compile(model, dynamic=None)
+
+
+class ModelSlot:
+    """One module per worker, compiled once; each use loads new weights into it in place.
+
+    `load(state_dict)` copies into the existing parameters and buffers, so the compiled
+    code (which reads them as inputs) stays valid and no trial pays for compiling again.
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device, compile: bool = True):
+        self.module = to_channels_last(module.to(device))
+        self.forward = compile_model(self.module) if compile else self.module
+
+    def load(self, state_dict: dict) -> None:
+        with torch.no_grad():
+            self.module.load_state_dict(state_dict)

@@ -1,0 +1,92 @@
+"""`gafi-opt plot`, the figures behind it, and the live progress lines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from gafi_opt.cli import main
+from gafi_opt.figures import history_figure, stage_figure, val_curves_figure
+from gafi_opt.pipeline import Pipeline
+from gafi_opt.progress import StageProgress
+from gafi_opt.synth import SyntheticSource
+
+
+def test_plot_writes_every_figure(tiny_pipeline, tmp_path):
+    spec, url = tiny_pipeline
+    out = tmp_path / "figures"
+    result = CliRunner().invoke(main, ["plot", "--storage", url, "--pipeline", spec.name, "-o", str(out), "--plotlyjs", "directory"])
+    assert result.exit_code == 0, result.output
+    expected = {f"{stage}-{kind}.html" for stage in ("checkpoint", "stddev", "threshold") for kind in ("cas", "curves", "history")}
+    expected |= {"baseline-curves.html", "final-curves.html", "plotly.min.js"}
+    assert {p.name for p in out.iterdir()} == expected
+    html = (out / "threshold-cas.html").read_text()
+    assert "CAS against threshold" in html and 'src="plotly.min.js"' in html
+
+
+def test_plot_errors(tiny_pipeline, tmp_path):
+    _, url = tiny_pipeline
+    result = CliRunner().invoke(main, ["plot", "--storage", url, "--pipeline", "nope", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "no pipeline 'nope'" in result.output
+
+
+def test_figures_show_the_trials(tiny_pipeline):
+    spec, url = tiny_pipeline
+    pipeline = Pipeline.load(url, spec.name)
+    for stage in ("checkpoint", "stddev", "threshold"):
+        trials = pipeline.finished_trials(stage)
+        figure = stage_figure(pipeline, stage)
+        val = next(t for t in figure.data if t.name == "val CAS")
+        complete = sorted((t for t in trials if t.value is not None), key=lambda t: t.params[stage])
+        assert list(val.x) == [t.params[stage] for t in complete]
+        assert list(val.y) == pytest.approx([100 * t.value for t in complete])
+        best = pipeline.best_trial(stage)
+        star = next(t for t in figure.data if t.name.startswith("best"))
+        assert list(star.x) == [best.params[stage]]
+        curves = val_curves_figure(pipeline, stage)
+        assert list(curves.data[0].y) == pytest.approx([100 * v for v in best.user_attrs["val_history"]])
+        history = history_figure(pipeline, stage)
+        assert history.layout.yaxis.title.text == "val CAS"
+    final = stage_figure(pipeline, "final")
+    assert len(final.data) == spec.final.seeds
+
+
+def test_stage_line_is_live_or_silent(tiny_pipeline, capsys):
+    spec, url = tiny_pipeline
+    pipeline = Pipeline.load(url, spec.name)
+    silent = StageProgress(enabled=False)
+    silent(pipeline, "checkpoint")
+    assert capsys.readouterr().err == ""
+    line = StageProgress(enabled=True)
+    line(pipeline, "checkpoint")
+    line.close()
+    err = capsys.readouterr().err
+    best = pipeline.best_trial("checkpoint").value
+    assert f"{spec.name}/checkpoint" in err and "2/2" in err and f"best val {best:.4f}" in err and "pruned" in err
+
+
+class Noise(nn.Module):
+    latent_dim = 4
+    num_classes = 2
+
+    def forward(self, z, y):
+        return torch.tanh(z).view(-1, 1, 2, 2)
+
+
+class CoinFilter(nn.Module):
+    """Class decided by the sign of the first pixel: about half of the samples are accepted."""
+
+    def forward(self, x):
+        s = 8 * x[:, 0, 0, 0]
+        return torch.stack([-s, s], dim=1)
+
+
+def test_generation_bar_shows_acceptance(capsys):
+    source = SyntheticSource(Noise(), 2, 200, threshold=0.0, filter_model=CoinFilter(), seed=0)
+    source.fill(progress=True)
+    err = capsys.readouterr().err
+    assert "synthetic set" in err and f"accept={source.stats.acceptance_rate:.2f}" in err
+    source.fill(progress=False)
+    assert capsys.readouterr().err == ""
