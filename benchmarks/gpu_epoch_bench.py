@@ -77,7 +77,7 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from synthesis_bench import NearestMeanHead
+    from synthesis_bench import NearestMeanHead, calibrated_temperature
 
     from gafi_opt.accel import ModelSlot, compile_model
     from gafi_opt.models import build_classifier, build_generator
@@ -100,8 +100,7 @@ def main() -> None:
         y = torch.arange(classes, device=device).repeat_interleave(64)
         f = features(generator(torch.randn(y.numel(), spec.generator.latent_dim, device=device), y).clamp(-1, 1))
         means = torch.stack([f[y == c].mean(0) for c in range(classes)])
-        spread = torch.cdist(f, means).pow(2)
-        temperature = float((spread.max(1).values - spread.min(1).values).median()) / 8
+        temperature = calibrated_temperature(torch.cdist(f.float(), means.float()).pow(2), target=0.85)
     filter_model = NearestMeanHead(features, means, temperature).eval()
     generator = prepare_generator(generator, device, classes)
     filter_model = prepare_filter(filter_model, device, f.new_zeros(8, *shape))

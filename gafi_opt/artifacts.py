@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import optuna
-import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from PIL import Image, ImageDraw, ImageFont
 
 from gafi_opt.errors import GafiError
+
+if TYPE_CHECKING:  # torch stays unimported in `gafi-opt dashboard`, which only serves files
+    import torch
 
 ARTIFACT_DIR_ATTR = "artifact_dir"
 GRID_FILENAME = "samples.png"

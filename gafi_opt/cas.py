@@ -54,7 +54,8 @@ class CasResult:
             "seconds": round(self.seconds, 3),
             "acceptance_rate": self.acceptance_rate,
             "fallback_samples": self.fallback,
-            "val_history": self.val_history,
+            # 4 decimals (finer than any val set's accuracy step) keep the dashboard's attribute line short.
+            "val_history": [round(v, 4) for v in self.val_history],
         }
 
 

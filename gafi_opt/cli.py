@@ -119,6 +119,26 @@ def train_generator_cmd(study_file, seed, overrides, device, quiet):
     click.echo(f"generator trained for {epochs} epochs; checkpoints in {generator_dir(spec)}")
 
 
+heartbeat_option = click.option(
+    "--heartbeat-interval", type=click.IntRange(min=1), default=10, show_default=True, help="Seconds between heartbeats of a running trial."
+)
+grace_option = click.option(
+    "--grace-period",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds without a heartbeat after which a worker's trial is failed and re-queued by another.",
+)
+
+
+def _worker_options(heartbeat_interval: int, grace_period: int):
+    from gafi_opt.distributed import WorkerOptions
+
+    if grace_period < 2 * heartbeat_interval:
+        raise GafiError(f"--grace-period ({grace_period}) must be at least twice --heartbeat-interval ({heartbeat_interval})")
+    return WorkerOptions(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+
+
 @main.command("run")
 @study_argument
 @click.option("--storage", default=None, help=STORAGE_HELP + " Default: an SQLite file in the run directory.")
@@ -137,8 +157,10 @@ def train_generator_cmd(study_file, seed, overrides, device, quiet):
     show_default=True,
     help="Local worker processes (after preparing once): one per GPU when there are several, else the CPU cores split between them.",
 )
+@heartbeat_option
+@grace_option
 @quiet_option
-def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, workers, quiet):
+def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, workers, heartbeat_interval, grace_period, quiet):
     """Run the whole pipeline of STUDY on this machine, skipping what is already done.
 
     Trains the filter classifier and the generator if needed, runs the checkpoint,
@@ -152,11 +174,12 @@ def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, 
     from gafi_opt.progress import StageProgress
     from gafi_opt.report import format_rows, summary_row
 
+    options = _worker_options(heartbeat_interval, grace_period)
     spec = _spec(study_file, overrides + (("selection=test",) if paper_selection else ()))
     register_artifact_dir(Pipeline.create_or_load(spec, storage), artifacts)
     stage_line = StageProgress(_progress(quiet))
     pipeline = run_local(
-        spec, storage, device or spec.device, workers=workers, progress=_progress(quiet), reporter=stage_line, log=None if quiet else _note
+        spec, storage, device or spec.device, workers, _progress(quiet), stage_line, options, log=None if quiet else _note
     )
     stage_line.close()
     click.echo(format_rows([summary_row(pipeline)], "markdown"))
@@ -171,14 +194,8 @@ def _note(line: str) -> None:
 @click.option("--pipeline", "name", required=True, help="Name of the pipeline to join (see `gafi-opt status`).")
 @device_option
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's choice).")
-@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=10, show_default=True, help="Seconds between heartbeats of the running trial.")
-@click.option(
-    "--grace-period",
-    type=click.IntRange(min=1),
-    default=60,
-    show_default=True,
-    help="Seconds without a heartbeat after which another worker's trial is failed and re-queued.",
-)
+@heartbeat_option
+@grace_option
 @click.option(
     "--wait-prepared",
     type=click.FloatRange(min=0),
@@ -202,15 +219,13 @@ def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period,
 
     import torch
 
-    from gafi_opt.distributed import WorkerOptions
     from gafi_opt.launch import wait_until_prepared
     from gafi_opt.pipeline import Pipeline
     from gafi_opt.progress import StageProgress
     from gafi_opt.storage import redact
     from gafi_opt.worker import Worker, resolve_device
 
-    if grace_period < 2 * heartbeat_interval:
-        raise GafiError(f"--grace-period ({grace_period}) must be at least twice --heartbeat-interval ({heartbeat_interval})")
+    options = _worker_options(heartbeat_interval, grace_period)
     pipeline = Pipeline.load(storage, name)
     resolved = resolve_device(device or pipeline.spec.device)
     if threads:
@@ -220,7 +235,6 @@ def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period,
     if not quiet:
         _note(f"worker {who} joined pipeline {name!r} in {redact(storage)} on {resolved}")
     stage_line = StageProgress(_progress(quiet))
-    options = WorkerOptions(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     stats = Worker(pipeline, resolved, progress=_progress(quiet), reporter=stage_line, options=options).run()
     stage_line.close()
     if not quiet:

@@ -1,9 +1,10 @@
 """What optuna-dashboard shows of a pipeline, and the server that shows it.
 
-`publish_trial` is the worker's one call after a trial finishes (before it is told, while
-the trial can still take artifacts): a markdown note saying what the trial was, the PNG
-grid of its synthetic samples as an artifact, and a refreshed key figure on its stage
-study. When a stage completes, the root study's note gets the best-hyperparameter table.
+`publish_trial` is the worker's call when a trial's training ends (before it is told, while
+the trial can still take artifacts): a markdown note saying what the trial was and the PNG
+grid of its synthetic samples as an artifact. `publish_stage`, called after the trial is
+told, refreshes the stage study's key figure; when the stage is complete, the root study's
+note gets the best-hyperparameter table.
 `make_server` serves optuna-dashboard on a storage with the pipelines' artifact store wired in.
 """
 

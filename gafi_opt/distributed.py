@@ -30,10 +30,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from gafi_opt import slots
+from gafi_opt.errors import GafiError
 from gafi_opt.heartbeat import DEFAULT_GRACE, DEFAULT_INTERVAL, Heartbeat, StaleDetector
 from gafi_opt.pipeline import READY_WAIT_S, Pipeline
 from gafi_opt.stages import STAGES, TrialConfig, suggest, trial_config
-from gafi_opt.storage import configure_heartbeat
+from gafi_opt.storage import configure_heartbeat, in_storage_call, set_leave_hook
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ class WorkerStats:
 
 
 class SignalGuard:
-    """Defers SIGTERM/SIGINT to safe points; inside `interruptible()` they raise at once."""
+    """Defers SIGTERM/SIGINT to safe points; inside `interruptible()` they raise at once, except in the
+    middle of a storage call (a journal lock, a transaction), where they wait for the call to return.
+    A second signal raises wherever the worker is."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -94,16 +97,23 @@ class SignalGuard:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            set_leave_hook(self._left_storage)
         return self
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self._previous:
+            set_leave_hook(None)
 
     def _handle(self, signum, _frame) -> None:
         forced = self.pending is not None
         self.pending = self.pending or signum
-        if self._open or forced:
+        if forced or (self._open and not in_storage_call()):
+            raise Interrupted(self.pending)
+
+    def _left_storage(self) -> None:
+        if self._open and self.pending is not None and threading.current_thread() is threading.main_thread():
             raise Interrupted(self.pending)
 
     def check(self) -> None:
@@ -145,10 +155,11 @@ class StageLoop:
             while True:
                 with self.guard.interruptible():
                     stage = self.pipeline.current_stage(self.options.stages)
-                    if stage is None:
-                        return self.stats
-                    study = self.pipeline.ensure_stage(stage, self.options.ready_wait)
-                    layout = self.pipeline.layout(study, stage)
+                if stage is None:
+                    return self.stats
+                # Not interruptible: a stage must not be left half-created (a second signal still stops).
+                study = self.pipeline.ensure_stage(stage, self.options.ready_wait)
+                layout = self.pipeline.layout(study, stage)
                 if stage not in self.stats.stages:
                     self.stats.stages.append(stage)
                 self._work_stage(study, stage, layout)
@@ -166,7 +177,7 @@ class StageLoop:
             with self.guard.interruptible():
                 views = slots.views(self.storage, study_id, layout["slots"])
                 if all(v.settled for v in views):
-                    slots.orphan_waiting(self.storage, study_id, layout["slots"])
+                    slots.cancel_leftovers(self.storage, views)
                     return
                 if self._sweep(study, layout, views):
                     continue  # something was re-queued: claim it
@@ -202,14 +213,17 @@ class StageLoop:
                     trial.set_user_attr("config", config.describe())
                     result = self.objective(trial, stage, config)
             except optuna.TrialPruned:
-                self._finish(study, claimed.number, name, state=TrialState.PRUNED)
+                self._finish(study, trial, name, state=TrialState.PRUNED)
             except Interrupted as exc:
                 self._give_back(study, layout, claimed, f"interrupted by {exc.signal_name}")
                 exc.trial_note = f"{name} marked failed and re-queued"
                 raise
             except BaseException as exc:
                 detail = " ".join(str(exc).split())[:300]
-                self._give_back(study, layout, claimed, f"error: {type(exc).__name__}: {detail}")
+                # A user's problem (a missing file, a bad checkpoint) is fixed and run again: it does not
+                # count against the slot; anything else does (three strikes, then the slot is given up).
+                kind = "input error" if isinstance(exc, GafiError) else "error"
+                self._give_back(study, layout, claimed, f"{kind}: {type(exc).__name__}: {detail}")
                 self.stats.failed += 1
                 raise
             else:
@@ -217,18 +231,18 @@ class StageLoop:
                     self._give_back(study, layout, claimed, "nan: the objective returned no number")
                     self.stats.failed += 1
                 else:
-                    self._finish(study, claimed.number, name, value=float(result))
+                    self._finish(study, trial, name, value=float(result))
         if self.after_trial is not None:
             with self.guard.interruptible():
                 self.after_trial(self.pipeline, stage)
 
-    def _finish(self, study: optuna.Study, number: int, name: str, value=None, state=None) -> None:
+    def _finish(self, study: optuna.Study, trial: optuna.Trial, name: str, value=None, state=None) -> None:
         try:
             if state is None:
-                study.tell(number, value)
+                study.tell(trial, value)
                 self.stats.complete += 1
             else:
-                study.tell(number, state=state)
+                study.tell(trial, state=state)
                 self.stats.pruned += 1
         except (ValueError, UpdateFinishedTrialError):
             # Failed as stale by another worker while this one still ran (its heartbeat did not

@@ -21,6 +21,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from gafi_opt.augment import to_float
 from gafi_opt.cas import TrialContext, train_cas
 from gafi_opt.checkpoints import load_generator, require_checkpoints
 from gafi_opt.data import RealData, load_data
@@ -29,7 +30,8 @@ from gafi_opt.pipeline import Pipeline
 from gafi_opt.spec import Spec
 from gafi_opt.stages import TrialConfig
 from gafi_opt.storage import open_storage, redact
-from gafi_opt.synth import SynthesisStats, SyntheticSource
+from gafi_opt.run_data import bind_run_data
+from gafi_opt.synth import SynthesisStats, SyntheticSource, prepare_filter, prepare_generator
 from gafi_opt.train.real import load_filter
 
 log = logging.getLogger(__name__)
@@ -192,10 +194,13 @@ class MultiGenRun:
         self.context = TrialContext(spec, data, device)
         self.shares = shares(self.context.per_class, len(members))
         self.generators, self.filters = [], []
+        probe = to_float(self.context.val[0][:8])
         for pipeline, member in zip(pipelines, members):
+            bind_run_data(pipeline.spec, data)  # each member's models were trained on this same real train set
             path = require_checkpoints(pipeline.spec, [member.checkpoint])[member.checkpoint]
-            self.generators.append(load_generator(pipeline.spec, path, data.image_shape, data.num_classes, device))
-            self.filters.append(load_filter(pipeline.spec, data.image_shape, data.num_classes, device))
+            generator = load_generator(pipeline.spec, path, data.image_shape, data.num_classes, device)
+            self.generators.append(prepare_generator(generator, device, data.num_classes))  # as the pipeline's trials run it
+            self.filters.append(prepare_filter(load_filter(pipeline.spec, data.image_shape, data.num_classes, device), device, probe))
 
     def source(self, seed: int) -> MultiSource:
         synth = self.context.spec.synth

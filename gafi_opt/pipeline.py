@@ -163,10 +163,12 @@ class Pipeline:
         return [{} for _ in range(trial_budget(self.spec, stage))]
 
     def slot_views(self, stage: str, study: optuna.Study | None = None) -> list[slots.SlotView]:
+        """Each slot's state (a read: a stage whose layout is not stored yet is read with the spec's slots)."""
         study = study or self.stage_study(stage)
         if study is None:
             return []
-        return slots.views(self.storage, study._study_id, self.layout(study, stage)["slots"])
+        stored = slots.layout(self.storage, study._study_id)
+        return slots.views(self.storage, study._study_id, stored["slots"] if stored else self.slot_params(stage))
 
     def fixed_values(self, stage: str) -> dict:
         """What the stages before `stage` chose (the best of each)."""

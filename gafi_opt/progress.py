@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 from gafi_opt.errors import GafiError
 from gafi_opt.stages import trial_budget
 
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} trials done{postfix}"  # tqdm puts ", " before the postfix
+
 
 class StageProgress:
     def __init__(self, enabled: bool):
@@ -32,7 +34,10 @@ class StageProgress:
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar = tqdm(total=trial_budget(pipeline.spec, stage), desc=f"{pipeline.name}/{stage}", unit="trial", leave=True)
+            # No rate or elapsed time: the bar starts after the stage's first trial, so both would mislead.
+            self._bar = tqdm(
+                total=trial_budget(pipeline.spec, stage), desc=f"{pipeline.name}/{stage}", leave=True, bar_format=BAR_FORMAT
+            )
         try:
             best = f"best val {pipeline.best_trial(stage).value:.4f}"
         except GafiError:

@@ -154,37 +154,60 @@ LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 
 
 def latex_table(rows: list[dict]) -> str:
-    """A booktabs `tabular` shaped like the paper's table (needs \\usepackage{booktabs}); accuracies in %."""
-    show_pipeline = any(row.get("pipeline") != row.get("dataset") for row in rows)
-    headers = (["Pipeline"] if show_pipeline else []) + [
-        "Dataset", "Checkpoint", r"$\sigma$", "Threshold", r"CAS (\%)", r"Synthetic baseline (\%)", r"Real (\%)", r"Gap closed (\%)", "Gap left (pp)",
-    ]
-    align = "l" * (2 if show_pipeline else 1) + "r" * (len(headers) - (2 if show_pipeline else 1))
-    lines = [r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
-    test_selected = False
+    """A booktabs `tabular` shaped like the paper's table (needs \\usepackage{booktabs}); accuracies in %.
+
+    Columns that would be empty for every row (pipeline names equal to the dataset,
+    generator count, augment mode, real-only baseline) are left out.
+    """
+    columns = _latex_columns(rows)
+    align = "".join(a for _, _, a in columns)
+    lines = [r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(h for h, _, _ in columns) + r" \\", r"\midrule"]
     for row in rows:
-        cas = _num(row.get("cas_test"))
-        if row.get("cas_test_std") is not None and row.get("cas_test") is not None:
-            cas += rf" $\pm$ {_num(row['cas_test_std'])}"
-        if row.get("selection") == "test":
-            cas += r"$^\dagger$"
-            test_selected = True
-        cells = ([_latex_escape(str(row.get("pipeline")))] if show_pipeline else []) + [
-            _latex_escape(str(row.get("dataset"))),
-            _tex_plain(row.get("checkpoint")),
-            _tex_plain(row.get("stddev")),
-            _tex_plain(row.get("threshold")),
-            cas,
-            _num(row.get("synthetic_baseline_test")),
-            _num(row.get("real_test")),
-            _num(row.get("gap_closed")),
-            _num(row.get("remaining_gap")),
-        ]
-        lines.append(" & ".join(cells) + r" \\")
+        lines.append(" & ".join(cell(row) for _, cell, _ in columns) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    if test_selected:
+    if any(row.get("selection") == "test" for row in rows):
         lines.append(r"% $^\dagger$ hyperparameters selected on the test split (the paper's protocol)")
     return "\n".join(lines)
+
+
+def _latex_columns(rows: list[dict]) -> list[tuple]:
+    """(header, cell function, alignment) for each column the rows need."""
+    columns = []
+    if any(row.get("pipeline") != row.get("dataset") or row.get("generators") for row in rows):
+        columns.append(("Pipeline", lambda r: _latex_escape(str(r.get("pipeline"))), "l"))
+    columns.append(("Dataset", lambda r: _latex_escape(str(r.get("dataset"))), "l"))
+    if any(row.get("generators") for row in rows):
+        columns.append(("Generators", lambda r: str(r.get("generators") or 1), "r"))
+    if any(row.get("mode") == "augment" for row in rows):
+        columns += [
+            ("Mode", lambda r: _latex_escape(r.get("mode") or "--"), "l"),
+            ("Real fraction", lambda r: _tex_plain(r.get("real_fraction")), "r"),
+            ("Ratio", lambda r: _tex_plain(r.get("augment_ratio")), "r"),
+        ]
+    columns += [
+        ("Checkpoint", lambda r: _tex_plain(r.get("checkpoint")), "r"),
+        (r"$\sigma$", lambda r: _tex_plain(r.get("stddev")), "r"),
+        ("Threshold", lambda r: _tex_plain(r.get("threshold")), "r"),
+        (r"CAS (\%)", _latex_cas, "r"),
+        (r"Synthetic baseline (\%)", lambda r: _num(r.get("synthetic_baseline_test")), "r"),
+        (r"Real (\%)", lambda r: _num(r.get("real_test")), "r"),
+    ]
+    if any(row.get("real_only_test") is not None for row in rows):
+        columns.append((r"Real-only (\%)", lambda r: _num_std(r.get("real_only_test"), r.get("real_only_test_std")), "r"))
+    columns += [
+        (r"Gap closed (\%)", lambda r: _num(r.get("gap_closed")), "r"),
+        ("Gap left (pp)", lambda r: _num(r.get("remaining_gap")), "r"),
+    ]
+    return columns
+
+
+def _latex_cas(row: dict) -> str:
+    cas = _num_std(row.get("cas_test"), row.get("cas_test_std"))
+    return cas + r"$^\dagger$" if row.get("selection") == "test" else cas
+
+
+def _num_std(value, std) -> str:
+    return _num(value) + (rf" $\pm$ {_num(std)}" if value is not None and std is not None else "")
 
 
 def _latex_escape(text: str) -> str:

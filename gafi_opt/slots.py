@@ -36,7 +36,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from gafi_opt.storage import TAS_PREFIX, set_once, waiting_trial_ids
+from gafi_opt.heartbeat import HEARTBEAT
+from gafi_opt.storage import TAS_PREFIX, TrialInfo, set_once, trial_info, trial_infos, waiting_trial_ids
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ REASON = "gafi:fail_reason"  # trial system attr, written before a worker fails 
 WORKER = "gafi:worker"  # trial system attr: host and pid of the claimant
 LAYOUT = TAS_PREFIX + "layout"  # stage study: {"slots": [params...], "fixed": {...}}, first writer wins
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+INFO_KEYS = (SLOT, REASON, HEARTBEAT, "fixed_params")  # the system attrs slot bookkeeping reads
 LIVE = (TrialState.WAITING, TrialState.RUNNING)
 MAX_ERRORS = 3  # trials of one slot that may fail with an error (or NaN) before the slot is given up
 COUNTED_REASONS = ("error", "nan")  # interruptions and lost workers do not count against a slot
@@ -56,8 +58,8 @@ class SlotView:
 
     slot: int
     params: dict
-    done: FrozenTrial | None = None  # its COMPLETE/PRUNED trial
-    live: list[FrozenTrial] = field(default_factory=list)  # WAITING or RUNNING trials
+    done: TrialInfo | None = None  # its COMPLETE/PRUNED trial
+    live: list[TrialInfo] = field(default_factory=list)  # WAITING or RUNNING trials
     trials: int = 0  # every trial of the slot, failed ones included
     errors: int = 0  # ticket holders that failed with an error or NaN
 
@@ -92,11 +94,11 @@ def layout(storage: BaseStorage, study_id: int, proposal: dict | None = None) ->
     return json.loads(attrs[LAYOUT]) if LAYOUT in attrs else None
 
 
-def slot_of(trial: FrozenTrial, slots: list[dict]) -> int | None:
+def slot_of(trial: FrozenTrial | TrialInfo, slots: list[dict]) -> int | None:
     """The trial's slot: its attr, or (trials enqueued before slots existed) its fixed grid params."""
     if SLOT in trial.system_attrs:
         return int(trial.system_attrs[SLOT])
-    params = trial.system_attrs.get("fixed_params") or trial.params
+    params = trial.system_attrs.get("fixed_params") or getattr(trial, "params", {})
     for index, slot_params in enumerate(slots):
         if slot_params and all(params.get(k) == v for k, v in slot_params.items()):
             return index
@@ -109,7 +111,7 @@ def enqueue(storage: BaseStorage, study_id: int, slot: int, params: dict) -> int
     return storage.create_new_trial(study_id, template_trial=template)
 
 
-def claim(storage: BaseStorage, study_id: int) -> FrozenTrial | None:
+def claim(storage: BaseStorage, study_id: int) -> TrialInfo | None:
     """Move one WAITING trial to RUNNING; None when there is none left to take."""
     waiting = waiting_trial_ids(storage, study_id)
     if not waiting:
@@ -118,13 +120,13 @@ def claim(storage: BaseStorage, study_id: int) -> FrozenTrial | None:
     for trial_id in waiting[start:] + waiting[:start]:
         try:
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                return storage.get_trial(trial_id)
+                return trial_info(storage, trial_id, INFO_KEYS)
         except UpdateFinishedTrialError:
             continue  # cancelled meanwhile
     return None
 
 
-def take_ticket(storage: BaseStorage, study_id: int, trial: FrozenTrial, slots: list[dict], legacy: bool = False) -> str | None:
+def take_ticket(storage: BaseStorage, study_id: int, trial: TrialInfo, slots: list[dict], legacy: bool = False) -> str | None:
     """Let the claimed `trial` run its slot: None when it may, else why it must not.
 
     `legacy`: the stage was created before tickets existed; its finished trials hold no ticket.
@@ -137,7 +139,7 @@ def take_ticket(storage: BaseStorage, study_id: int, trial: FrozenTrial, slots: 
         holders = tickets(attrs, slot)
         errors = 0
         for holder_id in holders:
-            holder = storage.get_trial(holder_id)
+            holder = trial_info(storage, holder_id, INFO_KEYS)
             if holder.state in FINISHED:
                 return f"slot {slot} is already finished by trial {holder.number}"
             if holder.state in LIVE:
@@ -171,7 +173,7 @@ def views(storage: BaseStorage, study_id: int, slots: list[dict]) -> list[SlotVi
     """Each slot's state; tickets (not the trial list) decide which trial finished it."""
     result = [SlotView(i, params) for i, params in enumerate(slots)]
     attrs = storage.get_study_system_attrs(study_id)
-    trials = {t._trial_id: t for t in storage.get_all_trials(study_id, deepcopy=False)}
+    trials = {t.trial_id: t for t in trial_infos(storage, study_id, INFO_KEYS)}
     unslotted_finished = []
     for trial in trials.values():
         slot = slot_of(trial, slots)
@@ -187,7 +189,7 @@ def views(storage: BaseStorage, study_id: int, slots: list[dict]) -> list[SlotVi
             view.done = trial  # finished before tickets existed
     for view in result:
         for holder_id in tickets(attrs, view.slot):
-            holder = trials.get(holder_id) or storage.get_trial(holder_id)
+            holder = trials.get(holder_id) or trial_info(storage, holder_id, INFO_KEYS)  # committed after the list
             if holder.state in FINISHED:
                 view.done = holder
             elif holder.state == TrialState.FAIL:
@@ -228,15 +230,16 @@ class Requeuer:
         return False
 
 
-def orphan_waiting(storage: BaseStorage, study_id: int, slots: list[dict]) -> int:
-    """Cancel waiting trials of slots that are settled (left over by duplicate enqueues)."""
-    settled = {v.slot for v in views(storage, study_id, slots) if v.settled}
+def cancel_leftovers(storage: BaseStorage, slot_views: list[SlotView]) -> int:
+    """Cancel waiting trials of settled slots (left over by duplicate enqueues): claim, then fail them."""
     cancelled = 0
-    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        if slot_of(trial, slots) in settled:
+    for view in slot_views:
+        for trial in view.live if view.settled else ():
+            if trial.state != TrialState.WAITING:
+                continue
             try:
-                if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
-                    cancelled += fail(storage, trial._trial_id, "duplicate: its slot was already settled")
+                if storage.set_trial_state_values(trial.trial_id, TrialState.RUNNING):
+                    cancelled += fail(storage, trial.trial_id, "duplicate: its slot was already settled")
             except UpdateFinishedTrialError:
                 pass
     return cancelled

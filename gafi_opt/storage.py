@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,59 @@ SQLITE_BUSY_TIMEOUT_S = 30
 TAS_PREFIX = "gafi:tas:"  # study system attrs written with insert-if-absent semantics
 RETRY_ATTEMPTS = 8  # transient storage errors: retried with exponential backoff (about a minute in all)
 GRPC_CONNECT_TIMEOUT_S = 10
+
+
+# ---------------------------------------------------------------- storage calls are never cut in half
+#
+# A worker turns SIGTERM/SIGINT into an exception raised where its main thread is. Raised inside a
+# storage call it could leave a journal lock file behind or a transaction half-done, so every call
+# on the storages below is marked; a signal arriving inside one is held until the call returns
+# (gafi_opt/distributed.py's SignalGuard asks `in_storage_call` and installs the leave hook).
+
+_calls = threading.local()
+_leave_hook: Callable[[], None] | None = None
+
+
+def in_storage_call() -> bool:
+    return getattr(_calls, "depth", 0) > 0
+
+
+def set_leave_hook(hook: Callable[[], None] | None) -> None:
+    """`hook()` runs each time the calling thread leaves its outermost storage call (it may raise)."""
+    global _leave_hook
+    _leave_hook = hook
+
+
+def _guarded(method):
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        depth = getattr(_calls, "depth", 0)
+        _calls.depth = depth + 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _calls.depth = depth
+            if depth == 0 and _leave_hook is not None:
+                _leave_hook()
+
+    return call
+
+
+_STORAGE_METHODS = (
+    "create_new_study delete_study set_study_user_attr set_study_system_attr get_study_id_from_name get_study_name_from_id "
+    "get_study_directions get_study_user_attrs get_study_system_attrs get_all_studies create_new_trial set_trial_param "
+    "get_trial_id_from_study_id_trial_number get_trial_number_from_id get_trial_param set_trial_state_values "
+    "set_trial_intermediate_value set_trial_user_attr set_trial_system_attr get_trial get_all_trials get_n_trials "
+    "get_best_trial get_trial_params get_trial_user_attrs get_trial_system_attrs record_heartbeat _get_stale_trial_ids "
+    "waiting_trial_ids trial_infos insert_if_absent"
+).split()
+
+
+def _guard_storage_class(cls):
+    for name in _STORAGE_METHODS:
+        if hasattr(cls, name):
+            setattr(cls, name, _guarded(getattr(cls, name)))
+    return cls
 
 
 def redact(url: str) -> str:
@@ -107,8 +162,42 @@ def set_once(storage: BaseStorage, study_id: int, key: str, value) -> bool:
     whether this call or an earlier one won.
     """
     assert key.startswith(TAS_PREFIX), key
+    if isinstance(storage, SafeRDBStorage):
+        return storage.insert_if_absent(study_id, key, value)  # the database says who won: no read back
     storage.set_study_system_attr(study_id, key, value)
     return storage.get_study_system_attrs(study_id).get(key) == value
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """A trial's number, state and some of its system attrs: what claiming and sweeping look at."""
+
+    trial_id: int
+    number: int
+    state: TrialState
+    system_attrs: dict
+
+    @property
+    def _trial_id(self) -> int:  # read like a FrozenTrial
+        return self.trial_id
+
+
+def trial_info(storage: BaseStorage, trial_id: int, keys: Sequence[str]) -> TrialInfo:
+    """One trial's number, state and system attrs `keys` (on RDB without loading the whole trial)."""
+    if isinstance(storage, SafeRDBStorage):
+        return storage.trial_infos(None, keys, trial_id=trial_id)[0]
+    t = storage.get_trial(trial_id)
+    return TrialInfo(t._trial_id, t.number, t.state, {k: t.system_attrs[k] for k in keys if k in t.system_attrs})
+
+
+def trial_infos(storage: BaseStorage, study_id: int, keys: Sequence[str]) -> list[TrialInfo]:
+    """The study's trials with the system attrs `keys`; on RDB two light queries instead of whole trials."""
+    if isinstance(storage, SafeRDBStorage):
+        return storage.trial_infos(study_id, keys)
+    return [
+        TrialInfo(t._trial_id, t.number, t.state, {k: t.system_attrs[k] for k in keys if k in t.system_attrs})
+        for t in storage.get_all_trials(study_id, deepcopy=False)
+    ]
 
 
 def waiting_trial_ids(storage: BaseStorage, study_id: int) -> list[int]:
@@ -202,6 +291,7 @@ def _retry(call: Callable[[], Any], also: Callable[[BaseException], bool] = lamb
         delay = min(delay * 2, 10.0)
 
 
+@_guard_storage_class
 class SafeRDBStorage(BaseStorage, BaseHeartbeat):
     """Optuna's RDBStorage behind retries of transient errors, with insert-if-absent TAS attrs.
 
@@ -239,19 +329,25 @@ class SafeRDBStorage(BaseStorage, BaseHeartbeat):
 
     def set_study_system_attr(self, study_id: int, key: str, value) -> None:
         if key.startswith(TAS_PREFIX):
-            _retry(lambda: self._insert_if_absent(study_id, key, value))
+            self.insert_if_absent(study_id, key, value)
         else:
             self._write("set_study_system_attr", study_id, key, value)
 
-    def _insert_if_absent(self, study_id: int, key: str, value) -> None:
+    def insert_if_absent(self, study_id: int, key: str, value) -> bool:
+        """Insert the study system attr; False if (study_id, key) exists (the table's unique constraint)."""
         from optuna.storages._rdb.models import StudySystemAttributeModel
 
         table = StudySystemAttributeModel.__table__
-        try:
-            with self.rdb.engine.begin() as connection:
-                connection.execute(table.insert().values(study_id=study_id, key=key, value_json=json.dumps(value)))
-        except IntegrityError:
-            pass  # (study_id, key) is unique: an earlier writer won
+
+        def call() -> bool:
+            try:
+                with self.rdb.engine.begin() as connection:
+                    connection.execute(table.insert().values(study_id=study_id, key=key, value_json=json.dumps(value)))
+            except IntegrityError:
+                return False  # an earlier writer won
+            return True
+
+        return _retry(call)
 
     def waiting_trial_ids(self, study_id: int) -> list[int]:
         from optuna.storages._rdb.models import TrialModel
@@ -264,6 +360,37 @@ class SafeRDBStorage(BaseStorage, BaseHeartbeat):
             try:
                 with self.rdb.engine.connect() as connection:
                     return [row[0] for row in connection.execute(query.order_by(table.c.trial_id))]
+            finally:
+                _deferred.on = False
+
+        return _retry(call)
+
+    def trial_infos(self, study_id: int | None, keys: Sequence[str], trial_id: int | None = None) -> list[TrialInfo]:
+        """The study's trials (or the one trial `trial_id`) with the system attrs `keys`."""
+        from optuna.storages._rdb.models import TrialModel, TrialSystemAttributeModel
+
+        trials, attrs = TrialModel.__table__, TrialSystemAttributeModel.__table__
+        which = trials.c.study_id == study_id if trial_id is None else trials.c.trial_id == trial_id
+        rows = trials.select().with_only_columns(trials.c.trial_id, trials.c.number, trials.c.state).where(which)
+        values = (
+            attrs.select()
+            .with_only_columns(attrs.c.trial_id, attrs.c.key, attrs.c.value_json)
+            .join_from(attrs, trials, attrs.c.trial_id == trials.c.trial_id)
+            .where(which, attrs.c.key.in_(list(keys)))
+        )
+
+        def call():
+            _deferred.on = True
+            try:
+                with self.rdb.engine.connect() as connection:
+                    # Trials first: a trial's creation attrs are committed with it, so none is seen without them.
+                    listed = list(connection.execute(rows.order_by(trials.c.trial_id)))
+                    found: dict[int, dict] = {}
+                    for owner, key, value in connection.execute(values):
+                        found.setdefault(owner, {})[key] = json.loads(value)
+                    if trial_id is not None and not listed:
+                        raise KeyError(f"no trial with id {trial_id}")
+                    return [TrialInfo(i, n, state, found.get(i, {})) for i, n, state in listed]
             finally:
                 _deferred.on = False
 
@@ -353,6 +480,7 @@ def _journal(url: str) -> "SafeJournalStorage":
     return SafeJournalStorage(str(path))
 
 
+@_guard_storage_class
 class SafeJournalStorage(optuna.storages.JournalStorage):
     """Optuna's journal file; TAS attrs are checked and appended under an exclusive flock.
 
@@ -406,6 +534,7 @@ def _grpc(url: str) -> "FreshGrpcStorageProxy":
     return storage
 
 
+@_guard_storage_class
 class FreshGrpcStorageProxy(optuna.storages.GrpcStorageProxy):
     """Optuna's gRPC client, reading each study's trials afresh, and checking the proxy's TAS support.
 

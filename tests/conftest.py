@@ -55,7 +55,8 @@ def tiny_pipeline(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A fresh database on the PostgreSQL server at 127.0.0.1:5432 for this test run, dropped afterwards.
+    """A fresh database on the PostgreSQL server at 127.0.0.1:5432 (or $GAFI_TEST_POSTGRES, host:port)
+    for this test run, dropped afterwards.
 
     Without a server the tests that need it are skipped, except under CI (CI=true), where
     they fail: CI must test the real thing (.ci/services.sh starts the server).
@@ -65,25 +66,26 @@ def postgres_url():
 
     import psycopg
 
+    host, port = os.environ.get("GAFI_TEST_POSTGRES", "127.0.0.1:5432").rsplit(":", 1)
     admin, user, errors = None, None, []
     for user in ("postgres", "root"):
         for dbname in ("test", "postgres"):
             try:
-                admin = psycopg.connect(host="127.0.0.1", port=5432, user=user, dbname=dbname, autocommit=True, connect_timeout=5)
+                admin = psycopg.connect(host=host, port=int(port), user=user, dbname=dbname, autocommit=True, connect_timeout=5)
                 break
             except psycopg.OperationalError as exc:
                 errors.append(" ".join(str(exc).split()))
         if admin is not None:
             break
     if admin is None:
-        message = f"no PostgreSQL server usable at 127.0.0.1:5432 (run .ci/services.sh): {errors[-1] if errors else ''}"
+        message = f"no PostgreSQL server usable at {host}:{port} (run .ci/services.sh): {errors[-1] if errors else ''}"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message)
         pytest.skip(message)
     name = f"gafi_test_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql+psycopg://{user}@127.0.0.1:5432/{name}"
+        yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()

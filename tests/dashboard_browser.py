@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
 GAFI_OPT = Path(sys.executable).with_name("gafi-opt")
 URL_LINE = re.compile(r"optuna-dashboard on (http://\S+/dashboard/)")
 VIEWPORT = {"width": 1400, "height": 1700}  # tall enough for the study page's key figure
-TRIAL_HEIGHT = 1250  # the trial page: note, attributes and the artifact card
+TRIAL_HEIGHT = 1400  # the trial page, unscrolled: note, attributes and the artifact card
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -131,24 +131,10 @@ def inspect(base_url: str, sid: int, trial_number: int, figure_title: str, scree
             report.image_natural_size = tuple(image.evaluate("i => [i.naturalWidth, i.naturalHeight]"))
             report.note_text = page.get_by_text(re.compile(r"stage, trial \d+")).first.inner_text()
             if screenshots:
-                page.get_by_text("Note", exact=True).first.scroll_into_view_if_needed()
-                _scroll_to_show(page, image)
                 page.screenshot(path=str(screenshots / "dashboard-trial.png"))
         finally:
             browser.close()
     return report
-
-
-def _scroll_to_show(page, image) -> None:
-    """Scroll the trial's panel so that the note's end and the sample grid are both on screen."""
-    image.evaluate(
-        """img => {
-            let el = img.parentElement;
-            while (el && !(el.scrollHeight > el.clientHeight && getComputedStyle(el).overflowY !== 'visible')) el = el.parentElement;
-            if (el) el.scrollTop = Math.max(0, img.getBoundingClientRect().bottom - el.getBoundingClientRect().top + el.scrollTop - el.clientHeight + 40);
-        }"""
-    )
-    page.wait_for_timeout(500)
 
 
 def main() -> None:

@@ -132,7 +132,7 @@ def test_latex_matches_storage(tiny_pipeline, truth, tmp_path):
 
 
 TRICKY_ROWS = [
-    {"pipeline": "cifar_10 #2", "dataset": "cifar10", "checkpoint": 120, "stddev": 1.25, "threshold": 0.3, "cas_test": 0.8012,
+    {"pipeline": "cifar_10 #2", "dataset": "cifar10", "generators": 2, "mode": "augment", "real_fraction": 0.1, "augment_ratio": 2.0, "checkpoint": 120, "stddev": 1.25, "threshold": 0.3, "cas_test": 0.8012,
      "cas_test_std": 0.004, "synthetic_baseline_test": 0.71, "real_test": 0.93, "gap_closed": 0.41, "remaining_gap": 0.1288, "selection": "test"},
     {"pipeline": "50% & more", "dataset": "cifar10", "checkpoint": None, "stddev": None, "threshold": None, "cas_test": None,
      "cas_test_std": None, "synthetic_baseline_test": None, "real_test": 0.93, "gap_closed": None, "remaining_gap": None, "selection": "val"},
@@ -145,6 +145,9 @@ def test_latex_escapes_and_marks_test_selection():
     assert [r["Pipeline"] for r in rows] == [r"cifar\_10 \#2", r"50\% \& more"]
     assert rows[0][r"CAS (\%)"] == r"80.12 $\pm$ 0.40$^\dagger$"
     assert rows[1]["Checkpoint"] == "--" and rows[1][r"CAS (\%)"] == "--"
+    # Columns only some rows need: multi-generator count, augment mode.
+    assert [r["Generators"] for r in rows] == ["2", "1"]
+    assert [r["Mode"] for r in rows] == ["augment", "--"] and rows[0]["Ratio"] == "2"
     assert text.splitlines()[-1].startswith(r"% $^\dagger$")
 
 

@@ -36,21 +36,19 @@ def race(kind, url, study_id, keys=()):
     return fixed_work.race(kind, url, study_id, RACERS, list(keys))
 
 
-def test_claiming_a_waiting_trial_is_atomic(url):
-    """Many processes claim the same WAITING trials: each is claimed exactly once (SQLite needs BEGIN IMMEDIATE)."""
-    study = optuna.create_study(storage=open_storage(url), study_name=f"claims-{uuid.uuid4().hex[:6]}")
+def test_claims_and_set_once_have_one_winner(url):
+    """Processes race to claim the same WAITING trials and to set the same attrs once: one winner each.
+
+    (Optuna's stock RDBStorage on SQLite fails the first half: benchmarks/storage_bench.py counts it.)
+    """
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name=f"race-{uuid.uuid4().hex[:6]}")
     for i in range(40):
         study.enqueue_trial({"x": i})
-    claims = collections.Counter(trial_id for won in race("claim", url, study._study_id) for trial_id in won)
-    assert len(claims) == 40
-    assert max(claims.values()) == 1, [t for t, n in claims.items() if n > 1]
-
-
-def test_test_and_set_has_one_winner_per_key(url):
-    storage = open_storage(url)
-    study = optuna.create_study(storage=storage, study_name=f"tas-{uuid.uuid4().hex[:6]}")
     keys = [f"{storage_module.TAS_PREFIX}k{i}" for i in range(15)]
-    wins = collections.Counter(key for won in race("tas", url, study._study_id, keys) for key in won)
+    claims = collections.Counter(trial_id for won in race("claim", url, study._study_id) for trial_id in won)
+    assert len(claims) == 40 and max(claims.values()) == 1, [t for t, n in claims.items() if n > 1]
+    wins = collections.Counter(key for won in race("set_once", url, study._study_id, keys) for key in won)
     assert wins == {key: 1 for key in keys}
     # The first value stays: a later writer neither wins nor overwrites.
     assert not set_once(storage, study._study_id, keys[0], "late")
