@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -482,10 +483,11 @@ def _journal(url: str) -> "SafeJournalStorage":
 
 @_guard_storage_class
 class SafeJournalStorage(optuna.storages.JournalStorage):
-    """Optuna's journal file; TAS attrs are checked and appended under an exclusive flock.
+    """Optuna's journal file, its appends and our TAS attrs serialised by flock.
 
-    flock is released by the kernel when a holder dies, so a killed worker never leaves the
-    lock behind (on NFS it needs working file locking, NFSv4 or lockd).
+    Optuna's default lock is a lock file that a killed writer leaves behind, stalling every
+    other worker for its 30 s grace period; a flock is released by the kernel when its holder
+    dies. (On NFS, flock needs working file locking: NFSv4, or v3 with lockd.)
     """
 
     def __init__(self, path: str):
@@ -493,7 +495,7 @@ class SafeJournalStorage(optuna.storages.JournalStorage):
 
         self.path = path
         self._tas_lock = path + ".tas-lock"
-        super().__init__(JournalFileBackend(path))
+        super().__init__(JournalFileBackend(path, lock_obj=FlockJournalLock(path + ".flock")))
 
     def set_study_system_attr(self, study_id: int, key: str, value) -> None:
         if not key.startswith(TAS_PREFIX):
@@ -501,6 +503,28 @@ class SafeJournalStorage(optuna.storages.JournalStorage):
         with _flock(self._tas_lock):
             if key not in super().get_study_system_attrs(study_id):
                 super().set_study_system_attr(study_id, key, value)
+
+
+class FlockJournalLock:
+    """The lock JournalFileBackend takes around each append (acquire/release), held with flock."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._held = threading.local()
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held.fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._held.fd = self._held.fd, None
+        os.close(fd)  # closing releases the lock
 
 
 @contextlib.contextmanager
@@ -576,6 +600,12 @@ def serve_proxy(url: str, host: str, port: int, ready: Callable[[], None] | None
     if is_journal(url) or url.startswith("grpc://"):
         raise GafiError(f"the gRPC proxy serves an RDB storage (sqlite:///..., postgresql+psycopg://...), not {redact(url)}")
     storage = open_storage(url)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:  # say "listening" only for an address that can be had
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as exc:
+            raise GafiError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     if ready is not None:
         ready()
     with warnings.catch_warnings():
