@@ -6,6 +6,7 @@ the storage the moment they finish, so an error or Ctrl-C never loses them.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,10 @@ class GafiGroup(click.Group):
             note = getattr(exc, "trial_note", "") or "finished trials are kept in the storage"
             click.echo(f"gafi-opt: interrupted{' by ' + exc.signal_name if hasattr(exc, 'signal_name') else ''}; {note}", err=True)
             sys.exit(getattr(exc, "exit_status", 130))
+        except BrokenPipeError:
+            # The reader went away (`gafi-opt status | head`): nothing is wrong, stop writing quietly.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except (optuna.exceptions.StorageInternalError, ConnectionError) as exc:
             from gafi_opt.storage import redact_text
 

@@ -142,3 +142,14 @@ def test_real_process_exit_status_and_no_traceback(tmp_path):
     assert process.returncode == 2
     assert process.stderr.strip().count("\n") == 0 and "Traceback" not in process.stderr
     assert "stddev.values must be numbers > 0" in process.stderr
+
+
+def test_a_reader_that_stops_early_is_not_an_error(tiny_pipeline):
+    """`gafi-opt status | head -1`: the closed pipe ends the command quietly, status 0."""
+    _, url = tiny_pipeline
+    command = [sys.executable, "-m", "gafi_opt.cli", "status", "--storage", url]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    process.stdout.close()  # before the command has written anything
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert err.decode().strip() == ""
