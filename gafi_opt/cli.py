@@ -19,7 +19,28 @@ STORAGE_HELP = "Optuna storage URL: sqlite:///file.db, postgresql+psycopg://user
 
 
 class GafiGroup(click.Group):
-    """Turns GafiError into a one-line message and exit status 2 for every command."""
+    """Turns GafiError and click's usage errors into one line and exit status 2 for every command."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # the help text: `gafi-opt` alone asks for it
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # click's own form is three lines (usage, hint, error); ours names the problem and where help is.
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"gafi-opt: error: {exc.format_message()}{where}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx):
         try:
@@ -48,6 +69,13 @@ def _progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _spec(study_file: str, overrides: tuple[str, ...]):
     from gafi_opt.spec import load_spec
 
@@ -60,6 +88,13 @@ set_option = click.option(
 )
 device_option = click.option("--device", default=None, help="Training device: auto, cpu, cuda or cuda:N (default: the spec's).")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch per process (default: torch's choice; with run --workers N, the cores / N). "
+    "One thread is often fastest on a busy machine.",
+)
 artifacts_option = click.option(
     "--artifacts",
     default=None,
@@ -162,10 +197,11 @@ def _worker_options(heartbeat_interval: int, grace_period: int):
     show_default=True,
     help="Local worker processes (after preparing once): one per GPU when there are several, else the CPU cores split between them.",
 )
+@threads_option
 @heartbeat_option
 @grace_option
 @quiet_option
-def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, workers, heartbeat_interval, grace_period, quiet):
+def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, workers, threads, heartbeat_interval, grace_period, quiet):
     """Run the whole pipeline of STUDY on this machine, skipping what is already done.
 
     Trains the filter classifier and the generator if needed, runs the checkpoint,
@@ -181,10 +217,11 @@ def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, 
 
     options = _worker_options(heartbeat_interval, grace_period)
     spec = _spec(study_file, overrides + (("selection=test",) if paper_selection else ()))
+    _set_threads(threads)
     register_artifact_dir(Pipeline.create_or_load(spec, storage), artifacts)
     stage_line = StageProgress(_progress(quiet))
     pipeline = run_local(
-        spec, storage, device or spec.device, workers, _progress(quiet), stage_line, options, log=None if quiet else _note
+        spec, storage, device or spec.device, workers, _progress(quiet), stage_line, options, log=None if quiet else _note, threads=threads
     )
     stage_line.close()
     click.echo(format_rows([summary_row(pipeline)], "markdown"))
@@ -198,7 +235,7 @@ def _note(line: str) -> None:
 @click.option("--storage", required=True, envvar="GAFI_STORAGE", help=STORAGE_HELP + " Also read from $GAFI_STORAGE.")
 @click.option("--pipeline", "name", required=True, help="Name of the pipeline to join (see `gafi-opt status`).")
 @device_option
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's choice).")
+@threads_option
 @heartbeat_option
 @grace_option
 @click.option(
@@ -219,10 +256,7 @@ def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period,
     or the generator: it waits until `gafi-opt run` has prepared the pipeline, and the
     run directory must be visible at the same path on every machine.
     """
-    import os
     import socket
-
-    import torch
 
     from gafi_opt.launch import wait_until_prepared
     from gafi_opt.pipeline import Pipeline
@@ -233,8 +267,7 @@ def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period,
     options = _worker_options(heartbeat_interval, grace_period)
     pipeline = Pipeline.load(storage, name)
     resolved = resolve_device(device or pipeline.spec.device)
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     wait_until_prepared(pipeline, wait_prepared, None if quiet else _note)
     who = f"{socket.gethostname()}:{os.getpid()}"
     if not quiet:

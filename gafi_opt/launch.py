@@ -101,8 +101,8 @@ def check_models_visible(spec: Spec, prepared: dict) -> None:
         raise GafiError(f"pipeline {spec.name!r} was {where}, but here: {exc} (share the run directory at the same path)") from None
 
 
-def worker_plan(workers: int, device: str) -> list[dict]:
-    """Per worker process: its device and its torch CPU threads."""
+def worker_plan(workers: int, device: str, threads: int | None = None) -> list[dict]:
+    """Per worker process: its device and its torch CPU threads (`threads`, else the cores split between them)."""
     import torch
 
     from gafi_opt.worker import resolve_device
@@ -112,7 +112,7 @@ def worker_plan(workers: int, device: str) -> list[dict]:
     if gpus > 1 and resolved.index is None:
         return [{"device": f"cuda:{i % gpus}", "threads": None} for i in range(workers)]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers)
+    threads = threads or max(1, cores // workers)
     return [{"device": str(resolved), "threads": threads} for _ in range(workers)]
 
 
@@ -125,8 +125,9 @@ def run_local(
     reporter=None,
     options: WorkerOptions | None = None,
     log: Callable[[str], None] | None = None,
+    threads: int | None = None,
 ) -> Pipeline:
-    """Prepare once, then run the pipeline to completion with `workers` local workers."""
+    """Prepare once, then run the pipeline to completion with `workers` local workers (`threads` CPU threads each)."""
     from gafi_opt.worker import Worker, resolve_device
 
     pipeline = Pipeline.create_or_load(spec, storage_url)
@@ -134,7 +135,7 @@ def run_local(
     if workers <= 1:
         Worker(pipeline, resolve_device(device), progress=progress, reporter=reporter, options=options).run()
     else:
-        run_processes(pipeline, worker_plan(workers, device), options or WorkerOptions(), reporter, log)
+        run_processes(pipeline, worker_plan(workers, device, threads), options or WorkerOptions(), reporter, log)
     return pipeline
 
 

@@ -206,6 +206,7 @@ def test_local_workers_split_the_cpu_threads():
     plan = worker_plan(3, "cpu")
     assert [p["device"] for p in plan] == ["cpu"] * 3
     assert {p["threads"] for p in plan} == {max(1, cores // 3)}
+    assert {p["threads"] for p in worker_plan(3, "cpu", threads=1)} == {1}  # `run --workers 3 --threads 1`
 
 
 def test_real_workers_survive_sigkill_and_sigterm(tiny_pipeline, tmp_path, capfd):

@@ -153,3 +153,19 @@ def test_a_reader_that_stops_early_is_not_an_error(tiny_pipeline):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert err.decode().strip() == ""
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", str(DIGITS), "--threads", "0"], "'--threads': 0 is not in the range"),
+        (["run"], "Missing argument 'STUDY'"),
+        (["run", str(DIGITS), "--nope"], "No such option '--nope'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["worker", "--pipeline", "digits"], "Missing option '--storage'"),
+    ],
+)
+def test_command_line_mistakes_get_one_line_too(args, fragment, monkeypatch):
+    monkeypatch.delenv("GAFI_STORAGE", raising=False)
+    result = CliRunner().invoke(main, args)
+    assert_user_error(result, fragment, "--help')")
