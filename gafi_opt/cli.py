@@ -317,7 +317,7 @@ def status_cmd(storage, names):
     from gafi_opt.report import stage_status
     from gafi_opt.storage import open_storage, redact
 
-    names = names or pipeline_names(open_storage(storage))
+    names = names or pipeline_names(open_storage(storage, must_exist=True))
     if not names:
         raise GafiError(f"no pipelines in {redact(storage)}")
     for name in names:
@@ -347,7 +347,7 @@ def export_cmd(storage, names, fmt, output):
     from gafi_opt.report import format_rows, multigen_rows, summary_row
     from gafi_opt.storage import open_storage, redact
 
-    names = names or pipeline_names(open_storage(storage))
+    names = names or pipeline_names(open_storage(storage, must_exist=True))
     if not names:
         raise GafiError(f"no pipelines in {redact(storage)}")
     rows = [summary_row(Pipeline.load(storage, name)) for name in names] + multigen_rows(storage, list(names))

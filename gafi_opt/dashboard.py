@@ -95,7 +95,7 @@ def dashboard_artifact_store(storage_url: str, explicit: str | None):
 
     if explicit:
         return store_for_dirs([Path(explicit).expanduser().resolve()])
-    directories = [artifact_dir(Pipeline.load(storage_url, name)) for name in pipeline_names(open_storage(storage_url))]
+    directories = [artifact_dir(Pipeline.load(storage_url, name)) for name in pipeline_names(open_storage(storage_url, must_exist=True))]
     existing = [d for d in directories if d.is_dir()]
     if not existing:
         return None
@@ -115,7 +115,7 @@ def make_server(storage_url: str, artifacts: str | None, host: str, port: int):
     """A WSGI server for optuna-dashboard on the storage, with the artifact store wired in."""
     from gafi_opt.storage import open_storage
 
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, must_exist=True)
     store = dashboard_artifact_store(storage_url, artifacts)
     if store is None:
         log.warning("no artifact folder found: sample grids will not be shown (pass --artifacts DIR)")

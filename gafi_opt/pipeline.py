@@ -60,7 +60,7 @@ class Pipeline:
 
     @classmethod
     def load(cls, storage_url: str, name: str) -> "Pipeline":
-        storage = open_storage(storage_url)
+        storage = open_storage(storage_url, must_exist=True)
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:

@@ -130,12 +130,33 @@ def scrub(text: str, url: str) -> str:
     return redact_text(text)
 
 
+def local_file(url: str) -> Path | None:
+    """The file behind a SQLite or journal URL; None for a database server, a proxy or a URL that does not parse."""
+    if is_journal(url):
+        return Path(url.removeprefix("journal://"))
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
 def is_journal(url: str) -> bool:
     return url.startswith("journal://") or url.endswith((".log", ".jsonl"))
 
 
-def open_storage(url: str) -> BaseStorage:
-    """An Optuna storage for `url`, or a GafiError with the (redacted) URL and the reason."""
+def open_storage(url: str, must_exist: bool = False) -> BaseStorage:
+    """An Optuna storage for `url`, or a GafiError with the (redacted) URL and the reason.
+
+    `must_exist` (commands that only read: status, export, dashboard, a worker joining): a SQLite
+    or journal file that is not there is an error, rather than a new empty storage made by a typo.
+    """
+    if must_exist:
+        path = local_file(url)
+        if path is not None and not path.exists():
+            raise GafiError(f"no storage at {path}: nothing has been run there (check the path; `gafi-opt run` creates it)")
     try:
         if is_journal(url):
             return _journal(url)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from gafi_opt.cli import main
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.stages import STAGES
+from gafi_opt.storage import open_storage
 
 from conftest import DIGITS, ROOT, tiny_overrides
 
@@ -63,7 +64,9 @@ def test_storage_that_cannot_be_opened(tmp_path):
     assert_user_error(result, "cannot open storage", "alice:***@127.0.0.1:1")
     assert "hunter2" not in result.output
     assert_user_error(invoke("status", "--storage", "not a url"), "not a storage URL")
-    assert_user_error(invoke("status", "--storage", f"sqlite:///{tmp_path}/empty.db"), "no pipelines")
+    empty = f"sqlite:///{tmp_path}/empty.db"
+    open_storage(empty)  # a storage that exists but holds no pipeline
+    assert_user_error(invoke("status", "--storage", empty), "no pipelines")
 
 
 def test_unknown_pipeline(tiny_pipeline):
@@ -169,3 +172,13 @@ def test_command_line_mistakes_get_one_line_too(args, fragment, monkeypatch):
     monkeypatch.delenv("GAFI_STORAGE", raising=False)
     result = CliRunner().invoke(main, args)
     assert_user_error(result, fragment, "--help')")
+
+
+@pytest.mark.parametrize("command", [["status"], ["export"], ["worker", "--pipeline", "digits"], ["dashboard", "--port", "0"]])
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_mistyped_storage_path_is_an_error_not_a_new_storage(command, kind, tmp_path):
+    path = tmp_path / ("typo.db" if kind == "sqlite" else "typo.log")
+    url = f"sqlite:///{path}" if kind == "sqlite" else f"journal://{path}"
+    result = CliRunner().invoke(main, [*command, "--storage", url])
+    assert_user_error(result, f"no storage at {path}")
+    assert not path.exists()
