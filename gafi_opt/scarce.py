@@ -124,7 +124,12 @@ class ScarcePlan:
                 f"filter.epochs={_scaled(base.filter.epochs, factors['filter'])}",
                 f"cas.epochs={_scaled(base.cas.epochs, cas)}",
             ]
-            overrides += [f"{stage}.pruner_warmup={_scaled(base.stage(stage).pruner_warmup, cas)}" for stage in STAGE_NAMES]
+            # An explicit warm-up is in epochs: scale it. The default (0) follows cas's lr milestones, which scale themselves.
+            overrides += [
+                f"{stage}.pruner_warmup={_scaled(base.stage(stage).pruner_warmup, cas)}"
+                for stage in STAGE_NAMES
+                if base.stage(stage).pruner_warmup
+            ]
         return base.with_overrides(overrides)
 
 

@@ -116,8 +116,12 @@ def claim(storage: BaseStorage, study_id: int) -> TrialInfo | None:
     waiting = waiting_trial_ids(storage, study_id)
     if not waiting:
         return None
-    start = random.randrange(len(waiting))  # workers start at different trials: fewer lost races
-    for trial_id in waiting[start:] + waiting[:start]:
+    # The first waiting trial first, as Optuna pops them: a worker alone runs a stage in the same
+    # order every time, so pruning decisions (and the stage's choice) are reproducible. Once that
+    # race is lost to another worker, go on from a random place: fewer lost races.
+    first, rest = waiting[0], waiting[1:]
+    start = random.randrange(len(rest)) if rest else 0
+    for trial_id in [first, *rest[start:], *rest[:start]]:
         try:
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
                 return trial_info(storage, trial_id, INFO_KEYS)

@@ -90,7 +90,7 @@ class StageSpec:
     n_trials: int = 0  # budget of a tpe/gp search (0: a quarter of the grid)
     recycle_every: int = 10  # Dynamic Dataset Recycle period N, in classifier epochs
     pruner: str = "median"
-    pruner_warmup: int = 5  # epochs reported before a median/percentile pruner may cut a trial
+    pruner_warmup: int = 0  # median/percentile: first epoch that may be cut (0: the epoch after cas's first lr milestone)
     pruner_startup_trials: int = 3
     pruner_min_epochs: int = 0  # sha/hyperband: epochs before the first cut (0: the epoch after cas's first lr milestone)
     pruner_reduction: int = 3  # sha/hyperband: keep 1 trial in this many at each rung

@@ -18,7 +18,7 @@ from gafi_opt.report import EXPORT_KEYS, format_rows, summary_row
 from gafi_opt.run_data import bind_run_data, train_set_record
 from gafi_opt.scarce import ScarcePlan, parse_fractions, step_factors, train_sizes
 from gafi_opt.spec import load_spec
-from gafi_opt.stages import TrialConfig
+from gafi_opt.stages import TrialConfig, pruner_warmup
 from gafi_opt.train.classifier import ClassifierTrainer
 
 from conftest import DIGITS, TINY
@@ -183,7 +183,11 @@ def test_steps_budget_scales_epochs_by_batches_per_epoch():
     plan = ScarcePlan.for_spec(base)
     scarce = plan.spec(0.1, "augment", 3, factors)
     assert scarce.generator.epochs == 1900 and scarce.checkpoint.values == tuple(float(19 * v) for v in base.checkpoint.values)
-    assert (scarce.filter.epochs, scarce.cas.epochs, scarce.stddev.pruner_warmup) == (300, 150, 50)
+    assert (scarce.filter.epochs, scarce.cas.epochs) == (300, 150)
+    # The default warm-up follows the lr milestones (epoch 10 of 15, so 91 of 150); an explicit one is scaled.
+    assert (pruner_warmup(base, "stddev"), pruner_warmup(scarce, "stddev")) == (10, 91)
+    explicit = ScarcePlan.for_spec(load_spec(DIGITS, ["stddev.pruner_warmup=5"]))
+    assert explicit.spec(0.1, "augment", 3, factors).stddev.pruner_warmup == 50
     assert (scarce.objective, scarce.data.real_fraction, scarce.final.seeds) == ("augment", 0.1, 3)
     other = plan.spec(0.1, "synthetic-only", 3, factors)
     assert other.run_path == scarce.run_path and other.storage == scarce.storage and other.name != scarce.name
