@@ -12,7 +12,9 @@ recipe, same uint8 images; only the input pipeline and the training loop differ:
   augmentation as ClassifierTrainer (gafi_opt.augment) on each collated batch.
 - `ClassifierTrainer`: no DataLoader, an index permutation per epoch, batch augmentation,
   channels_last, foreach SGD (fp32: the CPU default), and the same with `precision = "bf16"`
-  where the CPU computes bf16 natively.
+  where the CPU computes bf16 natively; `compiled` is the same trainer as with the spec's
+  `compile = true`: the model compiled once per worker (a ModelSlot; forward and backward
+  through torch.compile), the compile time reported apart, as a worker pays it once.
 
 Workloads: the digits preset's CAS classifier (small CNN, width 16, 8x8, the 1,221 real
 training digits) and a 32x32 RGB ResNet-20 (width 16, random images). Variants run
@@ -24,6 +26,7 @@ interleaved, one epoch each per round; the median epoch time gives images per se
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import replace
 
 from _bench import ROOT, command_line, interleaved, machine, median, set_threads, table, write_result
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
-from gafi_opt.accel import cpu_has_native_bf16
+from gafi_opt.accel import ModelSlot, cpu_has_native_bf16
 from gafi_opt.augment import augment, to_float
 from gafi_opt.models import build_classifier
 from gafi_opt.spec import ClassifierSpec, load_spec
@@ -104,6 +107,9 @@ def workloads(args):
         yield "resnet20 (width 16) 32x32", spec, images, labels, 10
 
 
+compile_seconds: dict[str, float] = {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="epochs per variant (after one warm-up epoch each)")
@@ -129,15 +135,23 @@ def main() -> None:
                                                                         shuffle=True), batch_augment=True),
             "ClassifierTrainer fp32": ClassifierTrainer(spec, shape, classes, torch.device("cpu"), seed=0, precision="fp32"),
         }
-        if cpu_has_native_bf16():
+        precisions = ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
+        if "bf16" in precisions:
             variants["ClassifierTrainer bf16"] = ClassifierTrainer(spec, shape, classes, torch.device("cpu"), seed=0, precision="bf16")
+        for precision in precisions:
+            slot = ModelSlot(build_classifier(spec, shape, classes), torch.device("cpu"))
+            variants[f"ClassifierTrainer compiled {precision}"] = ClassifierTrainer(
+                spec, shape, classes, torch.device("cpu"), seed=0, precision=precision, slot=slot)
 
         def epoch(v):
             return (lambda: v.train_epoch(images, labels)) if isinstance(v, ClassifierTrainer) else v.train_epoch
 
         calls = {k: epoch(v) for k, v in variants.items()}
-        for call in calls.values():
-            call()  # warm-up epoch
+        for k, call in calls.items():
+            started = time.perf_counter()
+            call()  # warm-up epoch (compiles the compiled variants, for both batch sizes of an epoch)
+            if "compiled" in k:
+                compile_seconds[f"{name} {k}"] = round(time.perf_counter() - started, 1)
         repeats = args.repeats if "digits" in name else args.resnet_repeats
         times = interleaved(calls, repeats)
         base = {k: median(times[k]) for k in ("dataloader+v2", "dataloader+batch-aug")}
@@ -151,7 +165,9 @@ def main() -> None:
         print(f"{name}: done", flush=True)
     text = table(["workload", "variant", "train img/s", "vs dataloader+v2", "vs dataloader+batch-aug"], rows)
     print(text)
-    path = write_result("cas_epoch_bench", {"settings": vars(args), "machine_at_start": started, "results": records}, text, command_line())
+    print("one-time compile seconds (the warm-up epoch, not in the timings): " + ", ".join(f"{k} {v}" for k, v in compile_seconds.items()))
+    path = write_result("cas_epoch_bench", {"settings": vars(args), "machine_at_start": started, "compile_seconds": compile_seconds,
+                                            "results": records}, text, command_line())
     print(f"written {path.relative_to(ROOT)}")
 
 

@@ -9,9 +9,12 @@ On the digits preset, for each of several seeds (the spec's `seed`), the search 
 
 then the final stage (the chosen configuration, set renewed every epoch, `final.seeds`
 classifier seeds) gives the test CAS each ends with. Stages use the library's own pieces
-(stages.make_sampler / make_pruner / suggest / trial_config / trial_budget and cas.train_cas)
-in in-memory Optuna studies, one trial at a time, so that the counts are exact and
-reproducible; classifier-epochs are read from each trial's `classifier_epochs` user attr.
+(the slot layout of pipeline.stage_slot_params, stages.make_sampler / make_pruner / suggest /
+trial_config, gafi_opt.reuse and cas.train_cas) in in-memory Optuna studies, one trial at a
+time, so that the counts are exact and reproducible; classifier-epochs are read from each
+trial's `classifier_epochs` user attr. In both modes a point that repeats the previous stage's
+best trial (stddev 1.0, threshold 0.0) reuses its result for 0 epochs, as workers do; a
+budgeted stage gets that point free, beyond its trial budget.
 
 Reported per mode: search classifier-epochs (and their share of the grid's), the epochs after
 which the best val CAS so far first came within `--tolerance` points of the grid's best (same
@@ -20,7 +23,8 @@ seed), and the final test CAS (mean over seeds, with the spread over seeds).
 It reuses the digits generator checkpoints and filter (runs/digits, made by `gafi-opt run
 studies/digits.toml`); they are copied to a scratch folder first.
 
-    .venv/bin/python benchmarks/search_bench.py                 # 3 seeds, about 15 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/search_bench.py                 # 3 seeds, about 2 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/search_bench.py --seeds 10 --output search_bench_10_seeds
     .venv/bin/python benchmarks/search_bench.py --seeds 1 --modes grid tpe+sha
 """
 
@@ -43,7 +47,9 @@ from optuna.trial import TrialState
 from gafi_opt.cas import TrialContext, train_cas
 from gafi_opt.data import load_data
 from gafi_opt.spec import load_spec
-from gafi_opt.stages import SEARCHED, is_grid, make_pruner, make_sampler, suggest, trial_budget, trial_config
+from gafi_opt.pipeline import stage_slot_params
+from gafi_opt.reuse import replay, same_recipe
+from gafi_opt.stages import SEARCHED, make_pruner, make_sampler, suggest, trial_config
 
 SEARCH_STAGES = ("checkpoint", "stddev", "threshold")
 MODES = {
@@ -69,19 +75,30 @@ def parse_trials(text: str) -> dict[str, int]:
     return {stage.strip(): int(count) for stage, count in pairs}
 
 
-def run_stage(ctx: TrialContext, spec, stage: str, fixed: dict, log: list) -> dict:
-    """One search stage in an in-memory study; appends (epochs, val, complete) per trial to `log`."""
+def run_stage(ctx: TrialContext, spec, stage: str, fixed: dict, log: list, earlier_best: dict) -> dict:
+    """One search stage in an in-memory study; appends (epochs, val, complete) per trial to `log`.
+
+    Slots and reuse as a worker has them (Pipeline's slot layout, gafi_opt.reuse): a trial with
+    the data recipe of an earlier stage's best trial replays it for 0 classifier-epochs.
+    `earlier_best` maps each finished stage to (its best trial, that trial's config).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, stage), pruner=make_pruner(spec, stage))
-    if is_grid(spec, stage):
-        from gafi_opt.stages import grid
-
-        for value in grid(spec, stage):
-            study.enqueue_trial({SEARCHED[stage]: value})
-    for _ in range(trial_budget(spec, stage)):
+    slot_params = stage_slot_params(spec, stage)
+    for params in slot_params:
+        if params:
+            study.enqueue_trial(params)
+    for _ in range(len(slot_params)):
         trial = study.ask()
         value = suggest(trial, spec, stage)
         config = trial_config(stage, value, fixed, spec)
+        earlier = next(((best, name) for name, (best, best_config) in earlier_best.items() if same_recipe(best_config, config)), None)
+        if earlier is not None:
+            study.tell(trial, replay(trial, *earlier))
+            frozen = study.trials[trial.number]
+            log.append({"stage": stage, "value": value, "epochs": 0, "val": frozen.user_attrs["val_acc"],
+                        "test": frozen.user_attrs["test_acc"], "complete": True, "reused": earlier[1]})
+            continue
         try:
             result = train_cas(ctx, config, trial)
         except optuna.TrialPruned:
@@ -98,6 +115,7 @@ def run_stage(ctx: TrialContext, spec, stage: str, fixed: dict, log: list) -> di
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: (t.user_attrs["val_acc"], -t.number))  # as Pipeline.best_trial
     value = best.params[SEARCHED[stage]]
+    earlier_best[stage] = (best, trial_config(stage, value, fixed, spec))
     return {SEARCHED[stage]: value if isinstance(value, int) else round(value, 9)}
 
 
@@ -105,8 +123,9 @@ def run_pipeline(ctx: TrialContext, spec) -> dict:
     started = time.perf_counter()
     fixed: dict = {}
     log: list = []
+    earlier_best: dict = {}
     for stage in SEARCH_STAGES:
-        fixed.update(run_stage(ctx, spec, stage, fixed, log))
+        fixed.update(run_stage(ctx, spec, stage, fixed, log, earlier_best))
     search_seconds = time.perf_counter() - started
     finals = []
     for i in range(spec.final.seeds):
@@ -156,6 +175,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.5, help="points of val CAS below the grid's best that count as reached")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], help="extra spec overrides for every mode")
+    parser.add_argument("--output", default="search_bench", help="results file name, under benchmarks/results/ (.json)")
     args = parser.parse_args()
     set_threads(args.threads)
     started_machine = machine()
@@ -207,7 +227,7 @@ def main() -> None:
                "of grid", "final test CAS % (mean ± sd over seeds)"]
     text = table(headers, rows)
     print(text)
-    write_result("search_bench", {"settings": vars(args), "machine_at_start": started_machine, "summary": summary,
+    write_result(args.output, {"settings": vars(args), "machine_at_start": started_machine, "summary": summary,
                                   "runs": results}, text, command_line())
 
 

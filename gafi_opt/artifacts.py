@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from PIL import Image, ImageDraw, ImageFont
 
@@ -124,4 +124,15 @@ def upload_sample_grid(trial: optuna.Trial, samples: torch.Tensor, store) -> str
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / GRID_FILENAME
         sample_grid(samples).save(path, format="PNG")
+        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="image/png")
+
+
+def copy_sample_grid(source: optuna.trial.FrozenTrial, trial: optuna.Trial, store, storage) -> str | None:
+    """Attach `source`'s sample grid to `trial` too (a trial that reuses its result); None if it has none."""
+    metas = [m for m in get_all_artifact_meta(source, storage=storage) if m.filename == GRID_FILENAME]
+    if not metas:
+        return None
+    with tempfile.TemporaryDirectory() as tmp, store.open_reader(metas[0].artifact_id) as reader:
+        path = Path(tmp) / GRID_FILENAME
+        path.write_bytes(reader.read())
         return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="image/png")

@@ -79,7 +79,7 @@ class TrialContext:
         if self.compiled is not None:
             self.filter_model = self.compiled.filter
         else:  # BatchNorm folded, channels_last: prepared once, not per trial
-            self.filter_model = prepare_filter(self.filter_model, device, to_float(self.val[0][:8]))
+            self.filter_model = prepare_filter(self.filter_model, device, to_float(self.val[0][:8]), spec.precision)
 
     def generator(self, epoch: int) -> torch.nn.Module:
         if self.compiled is not None:
@@ -87,7 +87,7 @@ class TrialContext:
         if epoch not in self._generators:
             path = require_checkpoints(self.spec, [epoch])[epoch]
             generator = load_generator(self.spec, path, self.data.image_shape, self.data.num_classes, self.device)
-            self._generators[epoch] = prepare_generator(generator, self.device, self.data.num_classes)
+            self._generators[epoch] = prepare_generator(generator, self.device, self.data.num_classes, self.spec.precision)
             while len(self._generators) > self.GENERATOR_CACHE:
                 self._generators.popitem(last=False)
         self._generators.move_to_end(epoch)

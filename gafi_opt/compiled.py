@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gafi_opt.accel import ModelSlot, compile_model, inference_copy
+from gafi_opt.accel import ModelSlot, autocast_dtype, cast_if_it_runs, compile_model, inference_copy
 from gafi_opt.augment import to_float
 from gafi_opt.checkpoints import load_generator, require_checkpoints
 from gafi_opt.models import build_classifier, build_generator
@@ -21,9 +21,13 @@ from gafi_opt.spec import Spec
 class CompiledModels:
     def __init__(self, spec: Spec, image_shape, num_classes: int, device: torch.device, filter_model: nn.Module, probe_images: torch.Tensor):
         self.spec, self.image_shape, self.num_classes, self.device = spec, tuple(image_shape), num_classes, device
-        self.filter = compile_model(inference_copy(filter_model, device, (to_float(probe_images[:8].to(device)),)))
-        self.generator_slot = ModelSlot(build_generator(spec.generator, self.image_shape, num_classes), device)
-        self.generator_slot.module.eval()
+        dtype = autocast_dtype(device, spec.precision)  # bf16: both synthesis models are cast once, as uncompiled
+        self.filter = compile_model(inference_copy(filter_model, device, (to_float(probe_images[:8].to(device)),), dtype))
+        generator = build_generator(spec.generator, self.image_shape, num_classes).to(device).eval()
+        if dtype is not None:
+            latents = torch.randn(8, int(generator.latent_dim), device=device), torch.arange(8, device=device) % num_classes
+            generator = cast_if_it_runs(generator, dtype, latents)
+        self.generator_slot = ModelSlot(generator, device)  # each checkpoint's weights are copied in, cast to its dtype
         self.classifier = ModelSlot(build_classifier(spec.cas, self.image_shape, num_classes), device)
         self.generator_epoch: int | None = None
 

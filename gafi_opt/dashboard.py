@@ -20,7 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import optuna
 import optuna_dashboard
 
-from gafi_opt.artifacts import artifact_dir, register_artifact_dir, store_for_dirs, upload_sample_grid
+from gafi_opt.artifacts import artifact_dir, copy_sample_grid, register_artifact_dir, store_for_dirs, upload_sample_grid
 from gafi_opt.errors import GafiError
 from gafi_opt.figures import stage_figure
 from gafi_opt.stages import TrialConfig
@@ -69,6 +69,20 @@ def publish_trial(pipeline, study: optuna.Study, trial: optuna.Trial, config: Tr
             upload_sample_grid(trial, result.samples, _store(str(register_artifact_dir(pipeline))))
     except (OSError, GafiError, optuna.exceptions.OptunaError) as exc:
         # The trial's score matters more than its pictures: keep going, but say so.
+        log.warning("could not publish trial %d of %s to the dashboard: %s", trial.number, study.study_name, exc)
+
+
+def publish_reused_trial(pipeline, study: optuna.Study, trial: optuna.Trial, config: TrialConfig, source, source_name: str) -> None:
+    """Note and sample grid of a trial that took `source`'s result (gafi_opt.reuse). Never fails the trial."""
+    try:
+        attrs = source.user_attrs
+        reused = (
+            f"**Not trained again**: the same data and seed as the {source_name}, so its result: "
+            f"val CAS {attrs['val_acc']:.4f}, test {attrs.get('test_acc', float('nan')):.4f}, 0 classifier-epochs."
+        )
+        optuna_dashboard.save_note(trial, trial_note(trial.number, config) + "\n\n" + reused)
+        copy_sample_grid(source, trial, _store(str(register_artifact_dir(pipeline))), pipeline.storage)
+    except (OSError, GafiError, optuna.exceptions.OptunaError) as exc:
         log.warning("could not publish trial %d of %s to the dashboard: %s", trial.number, study.study_name, exc)
 
 

@@ -199,8 +199,9 @@ class MultiGenRun:
             bind_run_data(pipeline.spec, data)  # each member's models were trained on this same real train set
             path = require_checkpoints(pipeline.spec, [member.checkpoint])[member.checkpoint]
             generator = load_generator(pipeline.spec, path, data.image_shape, data.num_classes, device)
-            self.generators.append(prepare_generator(generator, device, data.num_classes))  # as the pipeline's trials run it
-            self.filters.append(prepare_filter(load_filter(pipeline.spec, data.image_shape, data.num_classes, device), device, probe))
+            precision = pipeline.spec.precision  # as the pipeline's trials run them
+            self.generators.append(prepare_generator(generator, device, data.num_classes, precision))
+            self.filters.append(prepare_filter(load_filter(pipeline.spec, data.image_shape, data.num_classes, device), device, probe, precision))
 
     def source(self, seed: int) -> MultiSource:
         synth = self.context.spec.synth

@@ -21,8 +21,9 @@ from optuna.trial import TrialState
 
 from gafi_opt import slots
 from gafi_opt.errors import GafiError
+from gafi_opt.reuse import SEARCH_STAGES, incumbent_point, same_recipe
 from gafi_opt.spec import Spec
-from gafi_opt.stages import SEARCHED, STAGES, grid, is_grid, make_pruner, make_sampler, trial_budget
+from gafi_opt.stages import SEARCHED, STAGES, TrialConfig, grid, is_grid, make_pruner, make_sampler, trial_budget, trial_config
 from gafi_opt.storage import open_storage, redact
 
 READY_WAIT_S = 60.0  # how long a stage may stay half-created before other workers complete it
@@ -157,10 +158,7 @@ class Pipeline:
         return found
 
     def slot_params(self, stage: str) -> list[dict]:
-        """One entry per slot: a grid point's fixed value, or {} for each trial of a budgeted search."""
-        if is_grid(self.spec, stage):
-            return [{SEARCHED[stage]: value} for value in grid(self.spec, stage)]
-        return [{} for _ in range(trial_budget(self.spec, stage))]
+        return stage_slot_params(self.spec, stage)
 
     def slot_views(self, stage: str, study: optuna.Study | None = None) -> list[slots.SlotView]:
         """Each slot's state (a read: a stage whose layout is not stored yet is read with the spec's slots)."""
@@ -220,6 +218,19 @@ class Pipeline:
     def best_value(self, stage: str):
         return self.best_trial(stage).params[SEARCHED[stage]]
 
+    def trial_to_reuse(self, stage: str, config: TrialConfig, fixed: dict) -> tuple[optuna.trial.FrozenTrial, str] | None:
+        """An earlier search stage's best trial with the same data recipe as `config`, and its name.
+
+        Only the best trials can coincide: a later stage fixes every earlier value to the best.
+        """
+        if stage not in SEARCH_STAGES:
+            return None
+        for earlier in SEARCH_STAGES[: SEARCH_STAGES.index(stage)]:
+            best = self.best_trial(earlier)
+            if same_recipe(trial_config(earlier, best.params[SEARCHED[earlier]], fixed, self.spec), config):
+                return best, f"{earlier} stage, trial {best.number}"
+        return None
+
     def seed_summary(self, stage: str) -> dict:
         """Mean and spread over the seeds of the baseline or final stage."""
         trials = [t for t in self.finished_trials(stage) if t.state == TrialState.COMPLETE]
@@ -233,6 +244,19 @@ class Pipeline:
             "test_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
             "seeds": len(trials),
         }
+
+
+def stage_slot_params(spec: Spec, stage: str) -> list[dict]:
+    """One entry per slot: a grid point's fixed value, or {} for each trial of a budgeted search.
+
+    A budgeted stage first gets, beyond its budget, the point that repeats the previous
+    stage's best trial (gafi_opt.reuse: it costs no training).
+    """
+    if is_grid(spec, stage):
+        return [{SEARCHED[stage]: value} for value in grid(spec, stage)]
+    incumbent = incumbent_point(spec, stage)
+    free = [] if incumbent is None else [{SEARCHED[stage]: incumbent}]
+    return free + [{} for _ in range(trial_budget(spec, stage))]
 
 
 def pipeline_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -17,7 +17,7 @@ can fill any slot of that class, so no accepted sample is thrown away while a sl
 its class is still empty). The host synchronises twice per round, on two counts (the
 round's draws, the slots left), never per class or per batch. Generator and filter run as
 inference copies (BatchNorm folded, spectral norm baked, channels_last: gafi_opt.accel)
-under the spec's `precision` (bf16 autocast on CUDA by default).
+in the spec's `precision` (bf16 on CUDA by default; on a CPU with native bf16 when asked).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gafi_opt.accel import autocast, autocast_dtype, inference_copy
+from gafi_opt.accel import autocast_dtype, inference_copy, run_inference
 from gafi_opt.augment import to_float, to_uint8
 
 MAX_OVERSAMPLING = 8  # candidates per missing slot in one round, when acceptance is low
@@ -85,12 +85,12 @@ class SyntheticSource:
         self.num_classes = num_classes
         self.latent_dim = int(generator.latent_dim)
         # Inference copies (BatchNorm folded, channels_last); models prepared before are kept as they are.
-        self.generator = prepare_generator(generator, self.device, num_classes)
+        self.generator = prepare_generator(generator, self.device, num_classes, precision)
         with torch.inference_mode():
-            example = self.generator(*_probe_latents(self.latent_dim, num_classes, self.device)).float().clamp(-1, 1)
+            example = run_inference(self.generator, self.dtype, *_probe_latents(self.latent_dim, num_classes, self.device)).clamp(-1, 1)
         self.image_shape = tuple(example.shape[1:])
         self.chunk = _chunk_size(batch_size, self.image_shape, self.device)
-        self.filter_model = prepare_filter(filter_model, self.device, example) if filter_model is not None else None
+        self.filter_model = prepare_filter(filter_model, self.device, example, precision) if filter_model is not None else None
         self.stddev_range = (float(low), float(high))
         self.threshold = threshold
         self.max_attempts = max_attempts
@@ -217,16 +217,12 @@ class SyntheticSource:
             z = z * (low + (high - low) * torch.rand((labels.numel(), 1), device=self.device, generator=self.rng))
         elif low != 1.0:
             z = z * low
-        with autocast(self.device, self.dtype):
-            images = self.generator(z, labels)
-        return to_uint8(images.float())
+        return to_uint8(run_inference(self.generator, self.dtype, z, labels))
 
     def _accepts(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The filter's verdict on the stored (uint8) form of the images."""
         x = to_float(images).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.dtype):
-            logits = self.filter_model(x).float()
-        probs = logits.softmax(1)
+        probs = run_inference(self.filter_model, self.dtype, x).softmax(1)
         p_class = probs.gather(1, labels[:, None]).squeeze(1)
         return (probs.argmax(1) == labels) & (p_class > self.threshold)
 
@@ -248,14 +244,17 @@ def _chunk_size(batch_size: int, image_shape, device: torch.device) -> int:
     return max(1, min(batch_size, max(32, 2**17 // pixels)))
 
 
-def prepare_generator(generator: nn.Module, device, num_classes: int) -> nn.Module:
+def prepare_generator(generator: nn.Module, device, num_classes: int, precision: str = "auto") -> nn.Module:
     """The generator as synthesis runs it (see accel.inference_copy); do it once per loaded model."""
-    return inference_copy(generator, device, _probe_latents(int(generator.latent_dim), num_classes, torch.device(device)))
+    device = torch.device(device)
+    probe = _probe_latents(int(generator.latent_dim), num_classes, device)
+    return inference_copy(generator, device, probe, autocast_dtype(device, precision))
 
 
-def prepare_filter(filter_model: nn.Module, device, example_images: torch.Tensor) -> nn.Module:
+def prepare_filter(filter_model: nn.Module, device, example_images: torch.Tensor, precision: str = "auto") -> nn.Module:
     """The filter as synthesis runs it; `example_images` are float images in [-1, 1] (a few suffice)."""
-    return inference_copy(filter_model, device, (example_images[:8].to(device),))
+    device = torch.device(device)
+    return inference_copy(filter_model, device, (example_images[:8].to(device),), autocast_dtype(device, precision))
 
 
 def _probe_latents(latent_dim: int, num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,11 +12,12 @@ import optuna
 import torch
 
 from gafi_opt.cas import TrialContext, train_cas
-from gafi_opt.dashboard import publish_stage, publish_trial
+from gafi_opt.dashboard import publish_reused_trial, publish_stage, publish_trial
 from gafi_opt.data import load_data
 from gafi_opt.distributed import StageLoop, WorkerOptions, WorkerStats
 from gafi_opt.errors import GafiError
 from gafi_opt.pipeline import Pipeline
+from gafi_opt.reuse import replay
 from gafi_opt.stages import TrialConfig
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,11 @@ class Worker:
 
     def _objective(self, trial: optuna.Trial, stage: str, config: TrialConfig) -> float:
         """One CAS trial; the loop tells the result (NaN: failed and re-queued)."""
+        earlier = self.pipeline.trial_to_reuse(stage, config, trial.study.user_attrs.get("fixed", {}))
+        if earlier is not None:  # the same data and seed as a finished trial: the same result
+            value = replay(trial, *earlier)
+            publish_reused_trial(self.pipeline, trial.study, trial, config, *earlier)
+            return value
         try:
             result = train_cas(self.context, config, trial, progress=self.progress)
         except optuna.TrialPruned as pruned:

@@ -60,14 +60,34 @@ def test_trials_record_what_they_trained_on(tiny_pipeline):
             attrs = trial.user_attrs
             assert f"stage {stage}" in attrs["config"]
             assert 0.0 <= attrs["acceptance_rate"] <= 1.0
-            assert len(attrs["val_history"]) == attrs["classifier_epochs"]
-            assert sorted(trial.intermediate_values) == list(range(1, attrs["classifier_epochs"] + 1))
+            trained = len(attrs["val_history"])
+            assert attrs["classifier_epochs"] == (0 if "reused" in attrs else trained)
+            assert sorted(trial.intermediate_values) == list(range(1, trained + 1))
             if trial.state == TrialState.COMPLETE:
                 assert 0.0 <= attrs["test_acc"] <= 1.0
                 assert trial.value == attrs["val_acc"]
     # The baseline never filters: every generated sample was accepted.
     assert all(t.user_attrs["acceptance_rate"] == 1.0 for t in pipeline.finished_trials("baseline"))
     assert "filter threshold off" in pipeline.finished_trials("baseline")[0].user_attrs["config"]
+
+
+def test_points_that_repeat_the_previous_best_reuse_it_instead_of_training(tiny_pipeline):
+    # The checkpoint stage trains with stddev 1 and threshold 0: stddev 1.0 repeats its best
+    # trial, and threshold 0.0 repeats the stddev stage's best (same data, same seed).
+    spec, url = tiny_pipeline
+    pipeline = Pipeline.load(url, spec.name)
+    for stage, point, earlier in (("stddev", 1.0, "checkpoint"), ("threshold", 0.0, "stddev")):
+        source = pipeline.best_trial(earlier)
+        (repeat,) = [t for t in pipeline.finished_trials(stage) if t.params[stage] == point]
+        assert repeat.user_attrs["reused"] == f"{earlier} stage, trial {source.number}"
+        assert repeat.user_attrs["classifier_epochs"] == 0
+        assert repeat.value == source.value and repeat.intermediate_values == source.intermediate_values
+        for key in ("val_acc", "test_acc", "val_history", "acceptance_rate"):
+            assert repeat.user_attrs[key] == source.user_attrs[key]
+        others = [t for t in pipeline.finished_trials(stage) if t.params[stage] != point]
+        assert others and all("reused" not in t.user_attrs and t.user_attrs["classifier_epochs"] > 0 for t in others)
+    # The final and baseline stages always train.
+    assert all("reused" not in t.user_attrs for s in ("baseline", "final") for t in pipeline.finished_trials(s))
 
 
 def test_export_json_matches_the_storage(tiny_pipeline):
