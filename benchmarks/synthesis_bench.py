@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["digits", "dcgan32"], choices=["digits", "dcgan32"])
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "digits"))
     parser.add_argument("--epoch", type=int, default=None, help="digits generator checkpoint (default: the latest)")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=25, help="timed sets per variant and threshold (a digits set takes about 30 ms)")
     parser.add_argument("--dcgan-per-class", type=int, default=20, help="a DCGAN image costs about 3 ms on one CPU core")
     parser.add_argument("--dcgan-repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1024)

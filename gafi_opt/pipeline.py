@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 
 from gafi_opt import slots
 from gafi_opt.errors import GafiError
-from gafi_opt.reuse import SEARCH_STAGES, incumbent_point, same_recipe
+from gafi_opt.reuse import SEARCH_STAGES, same_recipe
 from gafi_opt.spec import Spec
-from gafi_opt.stages import SEARCHED, STAGES, TrialConfig, grid, is_grid, make_pruner, make_sampler, trial_budget, trial_config
+from gafi_opt.stages import SEARCHED, STAGES, TrialConfig, budgeted_start, grid, is_grid, make_pruner, make_sampler, trial_budget, trial_config
 from gafi_opt.storage import open_storage, redact
 
 READY_WAIT_S = 60.0  # how long a stage may stay half-created before other workers complete it
@@ -247,16 +247,15 @@ class Pipeline:
 
 
 def stage_slot_params(spec: Spec, stage: str) -> list[dict]:
-    """One entry per slot: a grid point's fixed value, or {} for each trial of a budgeted search.
-
-    A budgeted stage first gets, beyond its budget, the point that repeats the previous
-    stage's best trial (gafi_opt.reuse: it costs no training).
-    """
+    """One entry per slot: a grid point's fixed value, or {} for each trial of a budgeted search
+    (whose first slot may be fixed: stages.budgeted_start)."""
     if is_grid(spec, stage):
         return [{SEARCHED[stage]: value} for value in grid(spec, stage)]
-    incumbent = incumbent_point(spec, stage)
-    free = [] if incumbent is None else [{SEARCHED[stage]: incumbent}]
-    return free + [{} for _ in range(trial_budget(spec, stage))]
+    slots = [{} for _ in range(trial_budget(spec, stage))]
+    start = budgeted_start(spec, stage)
+    if start is not None:
+        slots[0] = {SEARCHED[stage]: start}
+    return slots
 
 
 def pipeline_names(storage: optuna.storages.BaseStorage) -> list[str]:

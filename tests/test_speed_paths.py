@@ -9,11 +9,13 @@ import torch
 from torch import nn
 
 from gafi_opt import accel
-from gafi_opt.accel import ModelSlot, autocast_dtype, inference_copy
+from gafi_opt.accel import ModelSlot, autocast_dtype, inference_copy, parameter_dtype, run_inference
 from gafi_opt.augment import random_crop
 from gafi_opt.errors import GafiError
 from gafi_opt.spec import ClassifierSpec, load_spec
-from gafi_opt.stages import UniquePointSampler, make_pruner, make_sampler, pruner_min_epochs, suggest, trial_budget
+from gafi_opt.pipeline import stage_slot_params
+from gafi_opt.reuse import same_recipe
+from gafi_opt.stages import TrialConfig, UniquePointSampler, make_pruner, make_sampler, pruner_min_epochs, suggest, trial_budget
 from gafi_opt.synth import SyntheticSource
 from gafi_opt.synth_reference import reference_synthesis
 from gafi_opt.train.classifier import ClassifierTrainer
@@ -137,6 +139,44 @@ def test_inference_copy_falls_back_for_untraceable_models_and_bakes_spectral_nor
         assert torch.allclose(baked(z), sn(z), atol=1e-5)
 
 
+def test_a_bf16_inference_copy_is_cast_once_and_answers_in_fp32():
+    model = trained_bn(ConvBN())
+    x = torch.randn(32, 1, 8, 8)
+    copy = inference_copy(model, "cpu", (x[:4],), torch.bfloat16)
+    assert parameter_dtype(copy) is torch.bfloat16 and parameter_dtype(model) is torch.float32
+    with torch.inference_mode():
+        out, expected = run_inference(copy, torch.bfloat16, x), model(x)
+    assert out.dtype is torch.float32  # fp32 in, fp32 out: callers never see bf16
+    assert torch.allclose(out, expected, rtol=0.05, atol=0.05) and not torch.equal(out, expected)
+
+
+def test_a_model_that_cannot_run_in_bf16_stays_fp32():
+    class Fp32Only(nn.Module):
+        def forward(self, x):
+            if x.dtype is not torch.float32:
+                raise TypeError("fp32 only")
+            return x * 2
+
+    copy = inference_copy(Fp32Only(), "cpu", (torch.randn(2, 3),), torch.bfloat16)
+    assert parameter_dtype(copy) is torch.float32
+    with torch.inference_mode():
+        assert torch.equal(run_inference(copy, None, torch.ones(2, 3)), torch.full((2, 3), 2.0))
+
+
+@pytest.mark.skipif(not accel.cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_bf16_synthesis_keeps_the_filter_rule_and_the_acceptance_rates():
+    fp32 = SyntheticSource(ShiftEcho(), 3, 2000, threshold=0.5, filter_model=MeanFilter(), seed=0, precision="fp32")
+    bf16 = SyntheticSource(ShiftEcho(), 3, 2000, threshold=0.5, filter_model=MeanFilter(), seed=0, precision="bf16")
+    for source in (fp32, bf16):
+        source.fill()
+    for c in range(3):
+        z = pooled_z(int(bf16.stats.accepted[c]), int(bf16.stats.generated[c]), int(fp32.stats.accepted[c]), int(fp32.stats.generated[c]))
+        assert abs(z) < 4.5, c
+    probs = MeanFilter()(bf16.images.float() / 127.5 - 1).softmax(1)  # stored images pass the fp32 filter's rule
+    kept = (probs.argmax(1) == bf16.labels) & (probs.gather(1, bf16.labels[:, None]).squeeze(1) > 0.5)
+    assert kept.float().mean() > 0.99  # bf16 rounding may move a sample across the threshold, rarely
+
+
 def test_precision_choices(monkeypatch):
     assert autocast_dtype(torch.device("cpu"), "auto") is None  # CPU default: fp32
     assert autocast_dtype(torch.device("cpu"), "fp32") is None
@@ -217,6 +257,22 @@ def test_budgeted_search_never_repeats_a_grid_point(stage, search):
     assert all(v == round(v, 9) for v in seen)
     trial = study.ask()  # the grid exhausted: sampling goes on
     assert suggest(trial, spec, stage) in seen
+
+
+def test_a_budgeted_checkpoint_stage_starts_at_the_last_checkpoint():
+    spec = budget_spec()  # checkpoint: tpe, 6 trials; stddev: gp, 11 // 4 trials
+    assert stage_slot_params(spec, "checkpoint") == [{"checkpoint": 100}] + [{}] * 5
+    assert stage_slot_params(spec, "stddev") == [{}] * 2  # no free point: it would win by the winner's curse
+    assert stage_slot_params(spec, "threshold") == [{"threshold": round(0.1 * i, 9)} for i in range(10)]
+
+
+def test_same_recipe_ignores_the_stage_and_float_noise():
+    a = TrialConfig("checkpoint", 90, 1.0, 0.0, 10, 0)
+    assert same_recipe(a, TrialConfig("stddev", 90, 1.0, 0.0, 10, 0))
+    assert same_recipe(TrialConfig("threshold", 90, 1.7000000000000002, 0.0, 10, 0), TrialConfig("stddev", 90, 1.7, 0.0, 10, 0))
+    for other in (TrialConfig("stddev", 90, 1.1, 0.0, 10, 0), TrialConfig("stddev", 90, 1.0, None, 10, 0),
+                  TrialConfig("stddev", 90, 1.0, 0.0, 1, 0), TrialConfig("stddev", 90, 1.0, 0.0, 10, 1)):
+        assert not same_recipe(a, other)
 
 
 def test_successive_halving_cuts_a_worse_trial_at_its_first_rung():
