@@ -12,8 +12,8 @@ train, so their seeds stay independent of any selection.
 Budgeted stages are not handed that point for free: its val CAS won the stage before, so it is
 biased upwards (the winner's curse) and a budgeted stage's few fresh trials rarely beat it. On
 the digits preset a free σ = 1 point kept σ at 1 in 11 of 20 budgeted runs, whose final test
-CAS was 1.8-3.3 points below the other runs' (benchmarks/search_bench.py, 10 seeds). Proposed
-by a sampler, the point is reused like any other.
+CAS was 1.8-3.3 points below the other runs' (benchmarks/results/search_bench_10_seeds_at_cfc37cf.json).
+Proposed by a sampler, the point is reused like any other.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def budgeted_start(spec: Spec, stage: str):
     The checkpoint stage starts at the last checkpoint: the synthetic baseline's, and the
     choice a user makes without a search, so the search's result is what beats it. (On the
     digits preset the samplers' random first draws otherwise fall on early checkpoints, whose
-    CAS is 10-25 points lower, and successive halving lets the first trial set the bar.)
+    CAS is 5-25 points lower, and successive halving lets the first trial set the bar.)
     """
     return max(grid(spec, stage)) if stage == "checkpoint" else None
 
