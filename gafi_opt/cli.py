@@ -312,7 +312,8 @@ def storage_proxy_cmd(storage, host, port):
 @click.option("--storage", required=True, help=STORAGE_HELP)
 @click.option("--pipeline", "names", multiple=True, help="Pipeline name (repeatable; default: all).")
 def status_cmd(storage, names):
-    """Show which stage each pipeline is in and its trials by state."""
+    """Show which stage each pipeline is in, its trials by state, the trials that reused an
+    earlier trial's result, and the classifier-epochs each stage spent."""
     from gafi_opt.pipeline import Pipeline, pipeline_names
     from gafi_opt.report import stage_status
     from gafi_opt.storage import open_storage, redact
@@ -324,11 +325,14 @@ def status_cmd(storage, names):
         pipeline = Pipeline.load(storage, name)
         current = pipeline.current_stage()
         click.echo(f"pipeline {name}: {'complete' if current is None else 'stage ' + current}")
-        click.echo(f"  {'stage':<11}{'state':<9}{'complete':>9}{'pruned':>8}{'failed':>8}{'running':>9}{'waiting':>9}")
-        for row in stage_status(pipeline):
+        click.echo(f"  {'stage':<11}{'state':<9}{'complete':>9}{'pruned':>8}{'failed':>8}{'running':>9}{'waiting':>9}{'reused':>8}{'epochs':>8}")
+        rows = stage_status(pipeline)
+        for row in rows:
             click.echo(
-                f"  {row['stage']:<11}{row['state']:<9}{row['complete']:>9}{row['pruned']:>8}{row['fail']:>8}{row['running']:>9}{row['waiting']:>9}"
+                f"  {row['stage']:<11}{row['state']:<9}{row['complete']:>9}{row['pruned']:>8}{row['fail']:>8}{row['running']:>9}"
+                f"{row['waiting']:>9}{row['reused']:>8}{row['epochs']:>8}"
             )
+        click.echo(f"  classifier-epochs spent by finished trials: {sum(row['epochs'] for row in rows)} (reused trials cost none)")
 
 
 @main.command("export")

@@ -78,17 +78,22 @@ def multigen_rows(storage_url: str, names: list[str] | None = None) -> list[dict
 
 
 def stage_status(pipeline: Pipeline) -> list[dict]:
-    """Trial counts per stage, for `gafi-opt status`."""
+    """Trial counts per stage, for `gafi-opt status`, with the trials that reused an earlier result
+    and the classifier-epochs the finished trials spent (the search's cost)."""
     current = pipeline.current_stage()
     rows = []
     for stage in STAGES:
         study = pipeline.stage_study(stage)
         counts = {state.name.lower(): 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+        reused = epochs = 0
         if study is not None:
             for trial in study.get_trials(deepcopy=False):
                 counts[trial.state.name.lower()] += 1
+                if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                    reused += "reused" in trial.user_attrs
+                    epochs += int(trial.user_attrs.get("classifier_epochs", 0))
         state = "done" if pipeline.stage_complete(stage) else ("current" if stage == current else "pending")
-        rows.append({"stage": stage, "state": state, **counts})
+        rows.append({"stage": stage, "state": state, **counts, "reused": reused, "epochs": epochs})
     return rows
 
 

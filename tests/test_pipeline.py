@@ -113,6 +113,12 @@ def test_status_and_markdown_export(tiny_pipeline):
     assert status.exit_code == 0, status.output
     assert f"pipeline {spec.name}: complete" in status.output
     assert "checkpoint " in status.output and "done" in status.output
+    # Per stage: reused trials and classifier-epochs spent; the total matches the trials' own counts.
+    lines = {line.split()[0]: line.split() for line in status.output.splitlines()[2:] if line.startswith("  ") and line.split()[0] in STAGES}
+    assert lines["stddev"][-2] == "1" and lines["threshold"][-2] == "1" and lines["checkpoint"][-2] == "0"
+    pipeline = Pipeline.load(url, spec.name)
+    spent = sum(t.user_attrs["classifier_epochs"] for stage in STAGES for t in pipeline.finished_trials(stage))
+    assert f"classifier-epochs spent by finished trials: {spent} " in status.output
     table = CliRunner().invoke(main, ["export", "--storage", url, "--pipeline", spec.name, "--format", "markdown"])
     assert table.exit_code == 0 and table.output.startswith("| pipeline | dataset |") and "| checkpoint |" in table.output
 
