@@ -14,11 +14,13 @@ trial_config, gafi_opt.reuse and cas.train_cas) in in-memory Optuna studies, one
 time, so that the counts are exact and reproducible; classifier-epochs are read from each
 trial's `classifier_epochs` user attr. In both modes a point that repeats the previous stage's
 best trial (stddev 1.0, threshold 0.0) reuses its result for 0 epochs, as workers do; a
-budgeted stage gets that point free, beyond its trial budget.
+budgeted checkpoint stage starts at the last checkpoint (stages.budgeted_start).
 
 Reported per mode: search classifier-epochs (and their share of the grid's), the epochs after
 which the best val CAS so far first came within `--tolerance` points of the grid's best (same
-seed), and the final test CAS (mean over seeds, with the spread over seeds).
+seed), and the final test CAS (mean over seeds, with the spread over seeds). The JSON also keeps,
+per run, `best_val` (the search's best) and `final_val` (the chosen configuration retrained with
+the final stage's seeds): their difference is how much selection inflated the best val.
 
 It reuses the digits generator checkpoints and filter (runs/digits, made by `gafi-opt run
 studies/digits.toml`); they are copied to a scratch folder first.
@@ -220,11 +222,13 @@ def main() -> None:
             f"{len(reached)}/{len(runs)}",
             f"{statistics.median(reached):.0f}" if reached else "never",
             f"{100 * statistics.median(reached) / grid_epochs:.0f}%" if reached and grid_runs else "-",
+            f"{100 * statistics.fmean(r['best_val'] for r in runs):.2f}",
+            f"{100 * statistics.fmean(r['final_val'] for r in runs):.2f}",
             f"{100 * statistics.fmean(tests):.2f} ± {100 * (statistics.stdev(tests) if len(tests) > 1 else 0):.2f}",
         ])
         summary[mode] = entry
     headers = ["mode", "search epochs (mean)", "of grid", f"reached grid best -{args.tolerance}", "epochs to reach (median)",
-               "of grid", "final test CAS % (mean ± sd over seeds)"]
+               "of grid", "best search val %", "final val %", "final test CAS % (mean ± sd over seeds)"]
     text = table(headers, rows)
     print(text)
     write_result(args.output, {"settings": vars(args), "machine_at_start": started_machine, "summary": summary,
