@@ -7,6 +7,7 @@ measured side by side in the same run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -97,6 +98,24 @@ def write_result(name: str, payload: dict, table_text: str, command: str) -> Pat
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse turns the error into usage and exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def result_name(text: str) -> str:
+    """argparse type: a results file name, written under benchmarks/results/ (no folders)."""
+    if not text or "/" in text or text.startswith("."):
+        raise argparse.ArgumentTypeError(f"must be a plain file name (written under benchmarks/results/), got {text!r}")
+    return text
 
 
 def command_line() -> str:

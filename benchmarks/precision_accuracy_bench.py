@@ -17,7 +17,7 @@ import statistics
 import time
 from dataclasses import replace
 
-from _bench import ROOT, command_line, machine, set_threads, table, write_result
+from _bench import ROOT, command_line, machine, positive_int, set_threads, table, write_result
 
 import torch
 
@@ -33,8 +33,8 @@ def rgb(images: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--epochs", type=positive_int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if not cpu_has_native_bf16():

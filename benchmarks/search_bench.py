@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import ROOT, command_line, machine, set_threads, table, write_result
+from _bench import ROOT, command_line, machine, result_name, set_threads, table, write_result
 
 import optuna
 import torch
@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.5, help="points of val CAS below the grid's best that count as reached")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], help="extra spec overrides for every mode")
-    parser.add_argument("--output", default="search_bench", help="results file name, under benchmarks/results/ (.json)")
+    parser.add_argument("--output", type=result_name, default="search_bench", help="results file name, under benchmarks/results/ (.json)")
     args = parser.parse_args()
     set_threads(args.threads)
     started_machine = machine()

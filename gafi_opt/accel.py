@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import sys
 import warnings
 
@@ -124,10 +125,8 @@ def cast_if_it_runs(model: nn.Module, dtype: torch.dtype, probe: tuple[torch.Ten
 
 def parameter_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's floating-point weights (fp32 for a model without any)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
 
 
 def _inputs_as(inputs: tuple, dtype: torch.dtype) -> tuple:

@@ -16,6 +16,7 @@ from gafi_opt.augment import to_float
 from gafi_opt.checkpoints import load_generator, require_checkpoints
 from gafi_opt.models import build_classifier, build_generator
 from gafi_opt.spec import Spec
+from gafi_opt.synth import probe_latents
 
 
 class CompiledModels:
@@ -25,8 +26,7 @@ class CompiledModels:
         self.filter = compile_model(inference_copy(filter_model, device, (to_float(probe_images[:8].to(device)),), dtype))
         generator = build_generator(spec.generator, self.image_shape, num_classes).to(device).eval()
         if dtype is not None:
-            latents = torch.randn(8, int(generator.latent_dim), device=device), torch.arange(8, device=device) % num_classes
-            generator = cast_if_it_runs(generator, dtype, latents)
+            generator = cast_if_it_runs(generator, dtype, probe_latents(int(generator.latent_dim), num_classes, device))
         self.generator_slot = ModelSlot(generator, device)  # each checkpoint's weights are copied in, cast to its dtype
         self.classifier = ModelSlot(build_classifier(spec.cas, self.image_shape, num_classes), device)
         self.generator_epoch: int | None = None

@@ -87,7 +87,7 @@ class SyntheticSource:
         # Inference copies (BatchNorm folded, channels_last); models prepared before are kept as they are.
         self.generator = prepare_generator(generator, self.device, num_classes, precision)
         with torch.inference_mode():
-            example = run_inference(self.generator, self.dtype, *_probe_latents(self.latent_dim, num_classes, self.device)).clamp(-1, 1)
+            example = run_inference(self.generator, self.dtype, *probe_latents(self.latent_dim, num_classes, self.device)).clamp(-1, 1)
         self.image_shape = tuple(example.shape[1:])
         self.chunk = _chunk_size(batch_size, self.image_shape, self.device)
         self.filter_model = prepare_filter(filter_model, self.device, example, precision) if filter_model is not None else None
@@ -247,7 +247,7 @@ def _chunk_size(batch_size: int, image_shape, device: torch.device) -> int:
 def prepare_generator(generator: nn.Module, device, num_classes: int, precision: str = "auto") -> nn.Module:
     """The generator as synthesis runs it (see accel.inference_copy); do it once per loaded model."""
     device = torch.device(device)
-    probe = _probe_latents(int(generator.latent_dim), num_classes, device)
+    probe = probe_latents(int(generator.latent_dim), num_classes, device)
     return inference_copy(generator, device, probe, autocast_dtype(device, precision))
 
 
@@ -257,7 +257,8 @@ def prepare_filter(filter_model: nn.Module, device, example_images: torch.Tensor
     return inference_copy(filter_model, device, (example_images[:8].to(device),), autocast_dtype(device, precision))
 
 
-def _probe_latents(latent_dim: int, num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_latents(latent_dim: int, num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A small fixed (z, y) batch for checking a generator; its own random stream."""
     probe = torch.Generator(device=device).manual_seed(0)  # its own stream: the source's is untouched
     z = torch.randn((8, latent_dim), device=device, generator=probe)
     return z, torch.arange(8, device=device) % num_classes
