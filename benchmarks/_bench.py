@@ -118,5 +118,38 @@ def result_name(text: str) -> str:
     return text
 
 
+def count_flops(fn) -> int:
+    """FLOPs of one call of `fn` as torch.utils.flop_counter counts them (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def measured_matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(512, 1024, 2048)) -> float:
+    """Best FLOP/s of square matmuls in `dtype` on `device` (at the current torch thread count).
+
+    What the machine's GEMM actually delivers: the ceiling every convolution and linear layer
+    of a benchmark is measured against ("% of peak").
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        sync()
+        reps = max(3, int(2e10 // (2 * n**3)) if device.type == "cpu" else 20)
+        for _ in range(3):  # best of three timed runs: the machine is shared
+            start = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            sync()
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best
+
+
 def command_line() -> str:
     return " ".join([".venv/bin/python", *[a if " " not in a else repr(a) for a in sys.argv]])

@@ -19,6 +19,10 @@ recipe, same uint8 images; only the input pipeline and the training loop differ:
 Workloads: the digits preset's CAS classifier (small CNN, width 16, 8x8, the 1,221 real
 training digits) and a 32x32 RGB ResNet-20 (width 16, random images). Variants run
 interleaved, one epoch each per round; the median epoch time gives images per second.
+"% of peak" is training FLOPs (forward + backward per image, counted by
+torch.utils.flop_counter) per second as a share of the best matmul rate this CPU reaches
+in the variant's precision at the same thread count: how much faster the same arithmetic
+could still go.
 
     .venv/bin/python benchmarks/cas_epoch_bench.py
 """
@@ -29,7 +33,7 @@ import argparse
 import time
 from dataclasses import replace
 
-from _bench import ROOT, command_line, interleaved, machine, median, set_threads, table, write_result
+from _bench import ROOT, command_line, count_flops, interleaved, machine, measured_matmul_peak, median, set_threads, table, write_result
 
 import torch
 import torch.nn.functional as F
@@ -110,9 +114,17 @@ def workloads(args):
 compile_seconds: dict[str, float] = {}
 
 
+def training_flops_per_image(spec: ClassifierSpec, shape, classes: int) -> float:
+    torch.manual_seed(0)
+    model = build_classifier(spec, shape, classes)
+    x = torch.zeros(spec.batch_size, *shape)
+    y = torch.arange(spec.batch_size) % classes
+    return count_flops(lambda: F.cross_entropy(model(x), y).backward()) / spec.batch_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7, help="epochs per variant (after one warm-up epoch each)")
+    parser.add_argument("--repeats", type=int, default=21, help="digits epochs per variant (after one warm-up epoch each; one takes 0.05-0.25 s)")
     parser.add_argument("--resnet-repeats", type=int, default=3)
     parser.add_argument("--resnet-images", type=int, default=1024)
     parser.add_argument("--skip-resnet", action="store_true")
@@ -120,6 +132,9 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     started = machine()
+    peaks = {"fp32": measured_matmul_peak(torch.device("cpu"), torch.float32)}
+    if cpu_has_native_bf16():
+        peaks["bf16"] = measured_matmul_peak(torch.device("cpu"), torch.bfloat16)
     rows, records = [], []
     for name, spec, images, labels, classes in workloads(args):
         shape = tuple(images.shape[1:])
@@ -155,19 +170,22 @@ def main() -> None:
         repeats = args.repeats if "digits" in name else args.resnet_repeats
         times = interleaved(calls, repeats)
         base = {k: median(times[k]) for k in ("dataloader+v2", "dataloader+batch-aug")}
+        image_flops = training_flops_per_image(spec, shape, classes)
         for k in calls:
             seconds = median(times[k])
+            share_of_peak = len(images) * image_flops / seconds / peaks["bf16" if "bf16" in k else "fp32"]
             rows.append([name, k, f"{len(images) / seconds:,.0f}", f"{base['dataloader+v2'] / seconds:.2f}x",
-                         f"{base['dataloader+batch-aug'] / seconds:.2f}x"])
+                         f"{base['dataloader+batch-aug'] / seconds:.2f}x", f"{share_of_peak:.0%}"])
             records.append({"workload": name, "variant": k, "images": len(images), "batch_size": spec.batch_size,
                             "augment": list(spec.augment), "median_epoch_seconds": seconds, "images_per_second": len(images) / seconds,
-                            "epoch_seconds": times[k]})
+                            "training_flops_per_image": image_flops, "share_of_peak": share_of_peak, "epoch_seconds": times[k]})
         print(f"{name}: done", flush=True)
-    text = table(["workload", "variant", "train img/s", "vs dataloader+v2", "vs dataloader+batch-aug"], rows)
+    text = table(["workload", "variant", "train img/s", "vs dataloader+v2", "vs dataloader+batch-aug", "% of peak"], rows)
     print(text)
+    print("measured matmul peak (the 100% of '% of peak'): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
     print("one-time compile seconds (the warm-up epoch, not in the timings): " + ", ".join(f"{k} {v}" for k, v in compile_seconds.items()))
     path = write_result("cas_epoch_bench", {"settings": vars(args), "machine_at_start": started, "compile_seconds": compile_seconds,
-                                            "results": records}, text, command_line())
+                                            "matmul_peak_flops": peaks, "results": records}, text, command_line())
     print(f"written {path.relative_to(ROOT)}")
 
 

@@ -23,36 +23,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from _bench import ROOT, command_line, machine, median, table, write_result
+from _bench import ROOT, command_line, count_flops, machine, measured_matmul_peak, median, table, write_result
 
 import torch
-
-
-def measured_bf16_peak(device, sizes=(4096, 8192)) -> float:
-    """Best bf16 matmul FLOP/s over a few large squares."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    best = 0.0
-    for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-        b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-        for _ in range(3):
-            a @ b
-        sync()
-        reps = 20
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        sync()
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
-    return best
-
-
-def count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -152,7 +125,7 @@ def main() -> None:
     with torch.inference_mode():
         eval_flops = count_flops(lambda: model(x)) / cas.batch_size
     epoch_flops = generated_per_epoch * (gen_flops + filt_flops) + args.images * train_flops + args.val_images * eval_flops
-    peak = measured_bf16_peak(device, (512,) if args.smoke_cpu else (4096, 8192))
+    peak = measured_matmul_peak(device, torch.bfloat16, (512,) if args.smoke_cpu else (4096, 8192))
     epoch_seconds = median([sum(t) for t in zip(*phases.values())])
     rows = [[name, f"{median(t):.2f}"] for name, t in phases.items()]
     rows.append(["epoch (median)", f"{epoch_seconds:.2f}"])

@@ -12,6 +12,11 @@ Each timed call makes the whole set from nothing (a fresh source, so no acceptan
 known in advance); the models are prepared once beforehand, as a worker does for its trials.
 Variants run interleaved (ref, fast, fast-bf16, ref, ...); medians are reported.
 
+How close each variant comes to the machine: FLOPs per candidate (generator + filter
+forward, counted by torch.utils.flop_counter) times the candidates it made, per second, as
+a share of the best matmul rate this CPU reaches in the variant's precision at the same
+thread count. A variant near 100% cannot get faster without doing less arithmetic.
+
 Acceptance statistics are compared per class: over all repetitions each variant's accepted
 and generated counts per class give a two-proportion z score per class; the table shows the
 overall acceptance rates, the largest |z| and the p-value of sum(z^2) ~ chi2(classes)
@@ -33,7 +38,7 @@ import math
 import time
 from pathlib import Path
 
-from _bench import ROOT, command_line, interleaved, machine, median, set_threads, table, write_result
+from _bench import ROOT, command_line, count_flops, interleaved, machine, measured_matmul_peak, median, set_threads, table, write_result
 
 import torch
 from scipy import stats as scipy_stats
@@ -141,9 +146,17 @@ def compare_acceptance(a: dict, b: dict) -> dict:
             "p_value": float(scipy_stats.chi2.sf(chi2, len(z))) if z else 1.0}
 
 
-def run_model(name, generator, filter_model, classes, per_class, args, example):
+def flops_per_candidate(generator, filter_model, classes, example) -> float:
+    """Generator + filter forward FLOPs for one candidate image."""
+    z, y = _latents(generator.latent_dim, classes)
+    with torch.inference_mode():
+        return (count_flops(lambda: generator(z, y)) + count_flops(lambda: filter_model(example[: len(y)]))) / len(y)
+
+
+def run_model(name, generator, filter_model, classes, per_class, args, example, peaks):
     device = torch.device("cpu")
     example = example if example is not None else generator(*_latents(generator.latent_dim, classes)).detach().clamp(-1, 1)
+    candidate_flops = flops_per_candidate(generator, filter_model, classes, example)
     precisions = ["fp32"] + (["bf16"] if cpu_has_native_bf16() and not args.no_bf16 else [])
     variants = {"reference": "fp32"}
     models = {}
@@ -205,16 +218,20 @@ def run_model(name, generator, filter_model, classes, per_class, args, example):
             seconds = median(times[f"{v}@{t}"])
             kept = total - entry["fallback"] / entry["calls"]
             rate = sum(entry["accepted"]) / max(1, sum(entry["generated"]))
+            flop_rate = sum(entry["generated"]) / entry["calls"] * candidate_flops / seconds
+            share_of_peak = flop_rate / peaks[variants[v]]
             cmp = compare_acceptance(entry, counts[ref_key]) if v != "reference" else None
             record_row = {"model": name, "threshold": t, "variant": v, "median_seconds": seconds, "accepted_per_second": kept / seconds,
                           "speedup_vs_reference": ref_time / seconds, "acceptance_rate": rate,
                           "generated_per_call": sum(entry["generated"]) / entry["calls"],
                           "fallback_per_call": entry["fallback"] / entry["calls"], "comparison": cmp,
+                          "flops_per_candidate": candidate_flops, "gflops_per_second": flop_rate / 1e9, "share_of_peak": share_of_peak,
                           "per_class_accepted": entry["accepted"], "per_class_generated": entry["generated"],
                           "seconds": times[f"{v}@{t}"]}
             records.append(record_row)
             rows.append([name, t, v, f"{kept / seconds:,.0f}", f"{ref_time / seconds:.2f}x", f"{rate:.4f}",
                          f"{record_row['generated_per_call']:.0f}", f"{record_row['fallback_per_call']:.1f}",
+                         f"{flop_rate / 1e9:.0f}", f"{share_of_peak:.0%}",
                          "-" if cmp is None else f"{cmp['max_abs_z']:.2f}", "-" if cmp is None else f"{cmp['p_value']:.2f}"])
     return rows, records
 
@@ -242,6 +259,9 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     started = machine()
+    peaks = {"fp32": measured_matmul_peak(torch.device("cpu"), torch.float32)}
+    if cpu_has_native_bf16() and not args.no_bf16:
+        peaks["bf16"] = measured_matmul_peak(torch.device("cpu"), torch.bfloat16)
     rows, records, described = [], [], {}
     with torch.inference_mode(False):
         for name in args.models:
@@ -251,19 +271,20 @@ def main() -> None:
                 models = dcgan_models(args.dcgan_per_class)
             generator, filter_model, classes, per_class, description, example = models
             described[name] = {"models": description, "classes": classes, "per_class": per_class}
-            r, rec = run_model(name, generator, filter_model, classes, per_class, args, example)
+            r, rec = run_model(name, generator, filter_model, classes, per_class, args, example, peaks)
             rows += r
             records += rec
             print(f"{name}: {description}; {classes} classes x {per_class}", flush=True)
     headers = ["model", "threshold", "variant", "accepted img/s", "vs reference", "acceptance", "generated/set",
-               "fallback/set", "max |z| vs ref", "p (chi2) vs ref"]
+               "fallback/set", "GFLOP/s", "% of peak", "max |z| vs ref", "p (chi2) vs ref"]
     text = table(headers, rows)
     print(text)
     if compile_seconds:
         print("one-time compile seconds (not in the timings): " + ", ".join(f"{k} {v:.0f}" for k, v in compile_seconds.items()))
+    print("measured matmul peak (the 100% of '% of peak'): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
     path = write_result("synthesis_bench", {"settings": vars(args), "machine_at_start": started, "models": described,
                                             "compile_seconds": compile_seconds,
-                                            "results": records}, text, command_line())
+                                            "matmul_peak_flops": peaks, "results": records}, text, command_line())
     print(f"written {path.relative_to(ROOT)}")
 
 
