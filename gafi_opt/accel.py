@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import logging
 import sys
 import warnings
 
@@ -177,6 +178,10 @@ def is_compiled(model: nn.Module) -> bool:
 
 def compile_model(model: nn.Module) -> nn.Module:
     """torch.compile with dynamic batch sizes (the last batch of an epoch is smaller)."""
+    if not torch.cuda.is_available():
+        # A CUDA build of torch on a machine without a GPU warns, when inductor first loads its C++
+        # extension helpers, that it found a CUDA toolkit but no runtime: true, and irrelevant to CPU code.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(model, dynamic=None)
 
 
