@@ -11,7 +11,7 @@ recipe, same uint8 images; only the input pipeline and the training loop differ:
 - `dataloader+batch-aug`: DataLoader(TensorDataset) of uint8 images, then the same batch
   augmentation as ClassifierTrainer (gafi_opt.augment) on each collated batch.
 - `ClassifierTrainer`: no DataLoader, an index permutation per epoch, batch augmentation,
-  channels_last, foreach SGD (fp32: the CPU default), and the same with `precision = "bf16"`
+  channels_last, fused SGD (fp32: the CPU default), and the same with `precision = "bf16"`
   where the CPU computes bf16 natively; `compiled` is the same trainer as with the spec's
   `compile = true`: the model compiled once per worker (a ModelSlot; forward and backward
   through torch.compile), the compile time reported apart, as a worker pays it once.

@@ -7,7 +7,7 @@ epochs, flip + crop + cutout), the 1,221 real training digits zero-padded to 32x
 3 channels, test accuracy on the 360 test digits; one training run per precision and seed, the two
 precisions interleaved, so the epoch-time ratio is measured side by side.
 
-    .venv/bin/python benchmarks/precision_accuracy_bench.py --epochs 30   # about 6 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/precision_accuracy_bench.py --epochs 30   # 6-11 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
