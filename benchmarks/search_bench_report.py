@@ -76,7 +76,10 @@ def main() -> None:
     path = RESULTS / f"{args.result.removesuffix('.json')}.json"
     if not path.exists():
         parser.error(f"no results file {path} (run search_bench.py first)")
-    runs = json.loads(path.read_text())["runs"]
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        parser.error(f"{path} is not a search_bench.py results file (no per-run results in it)")
     for line in selection_inflation(runs) + early_ranking(runs, args.epochs) + choices(runs):
         print(line)
 

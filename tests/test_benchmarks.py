@@ -50,3 +50,10 @@ def test_benchmark_help_explains_itself(script):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_search_report_refuses_another_benchmarks_results_in_one_line():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "search_bench_report.py"), "synthesis_bench"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "not a search_bench.py results file" in done.stderr and "Traceback" not in done.stderr
