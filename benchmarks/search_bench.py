@@ -51,9 +51,8 @@ from gafi_opt.data import load_data
 from gafi_opt.spec import load_spec
 from gafi_opt.pipeline import stage_slot_params
 from gafi_opt.reuse import replay, same_recipe
-from gafi_opt.stages import SEARCHED, make_pruner, make_sampler, suggest, trial_config
+from gafi_opt.stages import SEARCH_STAGES, SEARCHED, make_pruner, make_sampler, suggest, trial_config
 
-SEARCH_STAGES = ("checkpoint", "stddev", "threshold")
 MODES = {
     # mode -> overrides applied to every search stage
     "grid": {"search": "grid", "pruner": "none"},

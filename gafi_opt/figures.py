@@ -20,9 +20,8 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from gafi_opt.errors import GafiError
-from gafi_opt.stages import SEARCHED, STAGES
+from gafi_opt.stages import SEARCH_STAGES, SEARCHED, STAGES
 
-SEARCH_STAGES = ("checkpoint", "stddev", "threshold")
 SEED_STAGES = ("baseline", "final")
 AXIS_TITLES = {"checkpoint": "generator checkpoint (epoch)", "stddev": "latent stddev σ", "threshold": "filter threshold"}
 BEST_CURVES = 5

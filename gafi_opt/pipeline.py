@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 
 from gafi_opt import slots
 from gafi_opt.errors import GafiError
-from gafi_opt.reuse import SEARCH_STAGES, same_recipe
+from gafi_opt.reuse import same_recipe
 from gafi_opt.spec import Spec
-from gafi_opt.stages import SEARCHED, STAGES, TrialConfig, budgeted_start, grid, is_grid, make_pruner, make_sampler, trial_budget, trial_config
+from gafi_opt.stages import SEARCH_STAGES, SEARCHED, STAGES, TrialConfig, budgeted_start, grid, is_grid, make_pruner, make_sampler, trial_budget, trial_config
 from gafi_opt.storage import open_storage, redact
 
 READY_WAIT_S = 60.0  # how long a stage may stay half-created before other workers complete it

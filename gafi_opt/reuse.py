@@ -24,8 +24,6 @@ import optuna
 
 from gafi_opt.stages import TrialConfig
 
-SEARCH_STAGES = ("checkpoint", "stddev", "threshold")
-
 
 def same_recipe(a: TrialConfig, b: TrialConfig) -> bool:
     """True when two trials train on the same data with the same seed (whatever their stage)."""

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from gafi_opt.spec import Spec, StageSpec
 
 STAGES = ("baseline", "checkpoint", "stddev", "threshold", "final")
+SEARCH_STAGES = ("checkpoint", "stddev", "threshold")  # in order: each fixes its best value for the next
 SEARCHED = {"baseline": "seed", "checkpoint": "checkpoint", "stddev": "stddev", "threshold": "threshold", "final": "seed"}
 NO_FILTER = None
 
