@@ -33,16 +33,16 @@ import argparse
 import time
 from dataclasses import replace
 
-from _bench import ROOT, command_line, count_flops, interleaved, machine, measured_matmul_peak, median, set_threads, table, write_result
-
 import torch
 import torch.nn.functional as F
+from _bench import ROOT, command_line, count_flops, interleaved, machine, measured_matmul_peak, median, set_threads, table, write_result
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
-from gafi_opt.accel import ModelSlot, cpu_has_native_bf16
-from gafi_opt.augment import augment, to_float
+from gafi_opt.data import to_float
+from gafi_opt.data.augment import augment
 from gafi_opt.models import build_classifier
+from gafi_opt.models.accel import ModelSlot, cpu_has_native_bf16
 from gafi_opt.spec import ClassifierSpec, load_spec
 from gafi_opt.train.classifier import ClassifierTrainer
 

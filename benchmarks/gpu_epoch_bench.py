@@ -23,9 +23,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from _bench import ROOT, command_line, count_flops, machine, measured_matmul_peak, median, table, write_result
-
 import torch
+from _bench import ROOT, command_line, count_flops, machine, measured_matmul_peak, median, table, write_result
 
 
 def main() -> None:
@@ -52,8 +51,8 @@ def main() -> None:
 
     from synthesis_bench import NearestMeanHead, calibrated_temperature
 
-    from gafi_opt.accel import ModelSlot, compile_model
     from gafi_opt.models import build_classifier, build_generator
+    from gafi_opt.models.accel import ModelSlot, compile_model
     from gafi_opt.spec import load_spec
     from gafi_opt.synth import SyntheticSource, prepare_filter, prepare_generator
     from gafi_opt.train.classifier import ClassifierTrainer

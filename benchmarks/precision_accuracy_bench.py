@@ -17,12 +17,11 @@ import statistics
 import time
 from dataclasses import replace
 
+import torch
 from _bench import ROOT, command_line, machine, positive_int, set_threads, table, write_result
 
-import torch
-
-from gafi_opt.accel import cpu_has_native_bf16
 from gafi_opt.data import load_data
+from gafi_opt.models.accel import cpu_has_native_bf16
 from gafi_opt.spec import ClassifierSpec, load_spec
 from gafi_opt.train.classifier import ClassifierTrainer
 

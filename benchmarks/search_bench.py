@@ -8,11 +8,10 @@ On the digits preset, for each of several seeds (the spec's `seed`), the search 
   trial budget, and cut by its pruner (successive halving or Hyperband over classifier epochs);
 
 then the final stage (the chosen configuration, set renewed every epoch, `final.seeds`
-classifier seeds) gives the test CAS each ends with. Stages use the library's own pieces
-(the slot layout of pipeline.stage_slot_params, stages.make_sampler / make_pruner / suggest /
-trial_config, gafi_opt.reuse and cas.train_cas) in in-memory Optuna studies, one trial at a
-time, so that the counts are exact and reproducible; classifier-epochs are read from each
-trial's `classifier_epochs` user attr. In both modes a point that repeats the previous stage's
+classifier seeds) gives the test CAS each ends with. Every pipeline runs in a scratch SQLite
+storage through the library's own worker loop and CAS trial (gafi_opt.pipeline.StageLoop,
+gafi_opt.cas.CasObjective), one worker, one trial at a time, so that the counts are exact and
+reproducible; classifier-epochs are read from each trial's `classifier_epochs` user attr. In both modes a point that repeats the previous stage's
 best trial (stddev 1.0, threshold 0.0) reuses its result for 0 epochs, as workers do; a
 budgeted checkpoint stage starts at the last checkpoint (stages.budgeted_start).
 
@@ -40,18 +39,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import ROOT, command_line, machine, result_name, set_threads, table, write_result
-
 import optuna
 import torch
+from _bench import ROOT, command_line, machine, result_name, set_threads, table, write_result
 from optuna.trial import TrialState
 
-from gafi_opt.cas import TrialContext, train_cas
+from gafi_opt.cas import CasObjective, TrialContext
 from gafi_opt.data import load_data
+from gafi_opt.pipeline import Pipeline, StageLoop, WorkerOptions
+from gafi_opt.search.stages import SEARCH_STAGES, SEARCHED
 from gafi_opt.spec import load_spec
-from gafi_opt.pipeline import stage_slot_params
-from gafi_opt.reuse import replay, same_recipe
-from gafi_opt.stages import SEARCH_STAGES, SEARCHED, make_pruner, make_sampler, suggest, trial_config
+from gafi_opt.storages import open_storage
 
 MODES = {
     # mode -> overrides applied to every search stage
@@ -76,64 +74,28 @@ def parse_trials(text: str) -> dict[str, int]:
     return {stage.strip(): int(count) for stage, count in pairs}
 
 
-def run_stage(ctx: TrialContext, spec, stage: str, fixed: dict, log: list, earlier_best: dict) -> dict:
-    """One search stage in an in-memory study; appends (epochs, val, complete) per trial to `log`.
-
-    Slots and reuse as a worker has them (Pipeline's slot layout, gafi_opt.reuse): a trial with
-    the data recipe of an earlier stage's best trial replays it for 0 classifier-epochs.
-    `earlier_best` maps each finished stage to (its best trial, that trial's config).
-    """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec, stage), pruner=make_pruner(spec, stage))
-    slot_params = stage_slot_params(spec, stage)
-    for params in slot_params:
-        if params:
-            study.enqueue_trial(params)
-    for _ in range(len(slot_params)):
-        trial = study.ask()
-        value = suggest(trial, spec, stage)
-        config = trial_config(stage, value, fixed, spec)
-        earlier = next(((best, name) for name, (best, best_config) in earlier_best.items() if same_recipe(best_config, config)), None)
-        if earlier is not None:
-            study.tell(trial, replay(trial, *earlier))
-            frozen = study.trials[trial.number]
-            log.append({"stage": stage, "value": value, "epochs": 0, "val": frozen.user_attrs["val_acc"],
-                        "test": frozen.user_attrs["test_acc"], "complete": True, "reused": earlier[1]})
-            continue
-        try:
-            result = train_cas(ctx, config, trial)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            frozen = study.trials[trial.number]
-            log.append({"stage": stage, "value": value, "epochs": frozen.user_attrs["classifier_epochs"],
-                        "val": frozen.user_attrs["val_acc"], "complete": False})
-            continue
-        for key, attr in result.user_attrs().items():
-            trial.set_user_attr(key, attr)
-        study.tell(trial, result.val_acc)
-        log.append({"stage": stage, "value": value, "epochs": result.epochs, "val": result.val_acc,
-                    "test": result.test_acc, "complete": True, "history": result.val_history})
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: (t.user_attrs["val_acc"], -t.number))  # as Pipeline.best_trial
-    value = best.params[SEARCHED[stage]]
-    earlier_best[stage] = (best, trial_config(stage, value, fixed, spec))
-    return {SEARCHED[stage]: value if isinstance(value, int) else round(value, 9)}
-
-
-def run_pipeline(ctx: TrialContext, spec) -> dict:
+def run_pipeline(spec, storage, data, device) -> dict:
+    """The search stages, then the final stage, of one pipeline in `storage`, by the one worker loop."""
+    pipeline = Pipeline.create_or_load(spec, storage)
+    objective = CasObjective(pipeline, TrialContext(spec, data, device))
     started = time.perf_counter()
-    fixed: dict = {}
-    log: list = []
-    earlier_best: dict = {}
-    for stage in SEARCH_STAGES:
-        fixed.update(run_stage(ctx, spec, stage, fixed, log, earlier_best))
+    StageLoop(pipeline, objective, WorkerOptions(stages=SEARCH_STAGES)).run()
     search_seconds = time.perf_counter() - started
-    finals = []
-    for i in range(spec.final.seeds):
-        result = train_cas(ctx, trial_config("final", spec.seed + i, fixed, spec))
-        finals.append({"val": result.val_acc, "test": result.test_acc})
+    StageLoop(pipeline, objective, WorkerOptions(stages=("final",))).run()
+    log = []
+    for stage in SEARCH_STAGES:
+        for trial in sorted(pipeline.finished_trials(stage), key=lambda t: t.number):
+            attrs = trial.user_attrs
+            entry = {"stage": stage, "value": trial.params[SEARCHED[stage]], "epochs": attrs["classifier_epochs"], "val": attrs["val_acc"],
+                     "complete": trial.state == TrialState.COMPLETE}
+            if entry["complete"]:
+                entry["test"] = attrs["test_acc"]
+                entry.update({"reused": attrs["reused"]} if "reused" in attrs else {"history": attrs["val_history"]})
+            log.append(entry)
+    chosen = {SEARCHED[stage]: pipeline.best_value(stage) for stage in SEARCH_STAGES}
+    finals = [{"val": t.user_attrs["val_acc"], "test": t.user_attrs["test_acc"]} for t in pipeline.finished_trials("final")]
     return {
-        "chosen": fixed,
+        "chosen": {key: value if isinstance(value, int) else round(value, 9) for key, value in chosen.items()},
         "trials": log,
         "search_epochs": sum(t["epochs"] for t in log),
         "search_seconds": round(search_seconds, 1),
@@ -187,13 +149,15 @@ def main() -> None:
     run_dir = scratch_run_dir(Path(args.run_dir), base.checkpoint.values)
     data = load_data(base.data)
     device = torch.device("cpu")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(f"sqlite:///{run_dir / 'search_bench.db'}")  # one storage, a pipeline per seed and mode
     results: dict = {mode: [] for mode in args.modes}
     try:
         for seed in range(args.seeds):
             for mode in args.modes:  # modes interleaved within each seed
-                spec = load_spec(args.study, args.set + [f"seed={seed}", f"run_dir={run_dir}"] + mode_overrides(mode, parse_trials(args.trials)))
-                ctx = TrialContext(spec, data, device)
-                run = run_pipeline(ctx, spec)
+                spec = load_spec(args.study, args.set + [f"name={mode}-s{seed}", f"seed={seed}", f"run_dir={run_dir}"]
+                                 + mode_overrides(mode, parse_trials(args.trials)))
+                run = run_pipeline(spec, storage, data, device)
                 run["seed"] = seed
                 results[mode].append(run)
                 print(f"seed {seed} {mode:14s} epochs {run['search_epochs']:4d}  best val {run['best_val']:.4f}  "

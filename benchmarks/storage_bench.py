@@ -37,9 +37,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from gafi_opt import fixed_work, slots
-from gafi_opt.distributed import WorkerOptions
 from gafi_opt.pipeline import Pipeline
+from gafi_opt.pipeline.loop import WorkerOptions
+from gafi_opt.storages import slots
+from gafi_opt.testing import fixed_work
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -38,16 +38,15 @@ import math
 import time
 from pathlib import Path
 
-from _bench import ROOT, command_line, count_flops, interleaved, machine, measured_matmul_peak, median, set_threads, table, write_result
-
 import torch
+from _bench import ROOT, command_line, count_flops, interleaved, machine, measured_matmul_peak, median, set_threads, table, write_result
 from scipy import stats as scipy_stats
 from torch import nn
 
-from gafi_opt.accel import compile_model, cpu_has_native_bf16
-from gafi_opt.augment import to_float
+from gafi_opt.data import to_float
+from gafi_opt.models.accel import compile_model, cpu_has_native_bf16
 from gafi_opt.synth import SyntheticSource, prepare_filter, prepare_generator
-from gafi_opt.synth_reference import reference_synthesis
+from gafi_opt.testing.reference_synthesis import reference_synthesis
 
 THRESHOLDS = (0.0, 0.5, 0.9)
 compile_seconds: dict[str, float] = {}
@@ -58,8 +57,8 @@ compile_seconds: dict[str, float] = {}
 
 def digits_models(run_dir: Path, epoch: int | None):
     """The trained digits generator (latest or given epoch) and filter, or small ones trained here."""
-    from gafi_opt.checkpoints import checkpoint_paths, load_generator
     from gafi_opt.data import load_data
+    from gafi_opt.models.checkpoints import checkpoint_paths, load_generator
     from gafi_opt.spec import load_spec
     from gafi_opt.train.real import load_filter
 

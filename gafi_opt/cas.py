@@ -1,5 +1,7 @@
 """Classification Accuracy Score: train a classifier on synthetic data, test it on real data.
 
+`CasObjective` is that trial as the worker loop runs it (reusing an identical earlier result where it can).
+
 `TrialContext` holds what every trial of a worker shares (real data on the device, the
 filter classifier, recently used generator checkpoints); `train_cas` runs one trial:
 it builds the SyntheticSource for a TrialConfig, trains the CAS classifier with the
@@ -11,19 +13,20 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
 import torch
 from tqdm.auto import tqdm
 
-from gafi_opt.augment import to_float
-from gafi_opt.checkpoints import load_generator, require_checkpoints
-from gafi_opt.compiled import CompiledModels
-from gafi_opt.data import RealData
-from gafi_opt.run_data import bind_run_data
+from gafi_opt.data import RealData, to_float
+from gafi_opt.data.fingerprint import bind_run_data
+from gafi_opt.models.checkpoints import load_generator, require_checkpoints
+from gafi_opt.models.compiled import CompiledModels
+from gafi_opt.search.reuse import replay
+from gafi_opt.search.stages import TrialConfig
 from gafi_opt.spec import Spec
-from gafi_opt.stages import TrialConfig
 from gafi_opt.synth import SyntheticSource, prepare_filter, prepare_generator
 from gafi_opt.train.classifier import ClassifierTrainer
 from gafi_opt.train.real import load_filter
@@ -184,3 +187,62 @@ def _class_samples(source: SyntheticSource, count: int) -> torch.Tensor:
     order = torch.argsort(source.labels, stable=True)
     by_class = source.images[order].view(source.num_classes, -1, *source.images.shape[1:])
     return by_class[:, :count].cpu()
+
+
+class CasObjective:
+    """The CAS trial of the one worker loop (gafi_opt.pipeline.loop): `objective(trial, stage, config) -> val CAS`.
+
+    Every kind of trial that trains a CAS classifier (a pipeline's stages, a multigen study, the
+    benchmarks) goes through it, so each gets the same user attributes and the same hooks (the
+    loop's TrialHooks: the dashboard's note and sample grid).
+
+    `context` is the worker's TrialContext, or a function making it on the first trial (so a worker
+    that finds nothing to do loads no data). `source(context, config)` replaces the config's own
+    synthetic set (multigen draws from several generators). A plan with `trial_to_reuse` (a pipeline)
+    lets a trial whose data recipe repeats an earlier stage's best take that result instead of training.
+    """
+
+    def __init__(
+        self,
+        plan,
+        context: TrialContext | Callable[[], TrialContext],
+        hooks=None,
+        progress: bool = False,
+        source: Callable[[TrialContext, TrialConfig], object] | None = None,
+    ):
+        self.plan = plan
+        self._context = context
+        self.hooks = hooks
+        self.progress = progress
+        self.source = source
+
+    @property
+    def context(self) -> TrialContext:
+        if not isinstance(self._context, TrialContext):
+            self._context = self._context()
+        return self._context
+
+    def __call__(self, trial: optuna.Trial, stage: str, config: TrialConfig) -> float:
+        earlier = self._reusable(trial, stage, config)
+        if earlier is not None:  # the same data and seed as a finished trial: the same result
+            value = replay(trial, *earlier)
+            if self.hooks is not None:
+                self.hooks.trial_reused(self.plan, trial.study, trial, config, *earlier)
+            return value
+        context = self.context
+        source = None if self.source is None else self.source(context, config)
+        try:
+            result = train_cas(context, config, trial, progress=self.progress, source=source)
+        except optuna.TrialPruned as pruned:
+            if self.hooks is not None:
+                self.hooks.trial_trained(self.plan, trial.study, trial, config, getattr(pruned, "result", None), pruned=True)
+            raise
+        for key, value in result.user_attrs().items():
+            trial.set_user_attr(key, value)
+        if self.hooks is not None:
+            self.hooks.trial_trained(self.plan, trial.study, trial, config, result, pruned=False)
+        return result.val_acc
+
+    def _reusable(self, trial: optuna.Trial, stage: str, config: TrialConfig):
+        find = getattr(self.plan, "trial_to_reuse", None)
+        return None if find is None else find(stage, config, trial.study.user_attrs.get("fixed", {}))

@@ -58,7 +58,7 @@ class GafiGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         except (optuna.exceptions.StorageInternalError, ConnectionError) as exc:
-            from gafi_opt.storage import redact_text
+            from gafi_opt.storages import redact_text
 
             cause = exc.__cause__ or exc
             click.echo(f"gafi-opt: error: the storage failed: {redact_text(' '.join(str(cause).split()))[:400]}", err=True)
@@ -129,8 +129,8 @@ def train_classifier_cmd(study_file, overrides, device, quiet):
     Kept in <run_dir>/filter.pt; the epoch with the best real-val accuracy is saved.
     """
     from gafi_opt.data import load_data
+    from gafi_opt.models.device import resolve_device
     from gafi_opt.train.real import filter_path, train_real_classifier
-    from gafi_opt.worker import resolve_device
 
     spec = _spec(study_file, overrides)
     result = train_real_classifier(spec, load_data(spec.data), resolve_device(device or spec.device), _progress(quiet))
@@ -149,10 +149,10 @@ def train_generator_cmd(study_file, seed, overrides, device, quiet):
     Checkpoints go to <run_dir>/generator/epoch_NNNN.pt; an interrupted run resumes
     from the last finished epoch.
     """
-    from gafi_opt.checkpoints import generator_dir
     from gafi_opt.data import load_data
+    from gafi_opt.models.checkpoints import generator_dir
+    from gafi_opt.models.device import resolve_device
     from gafi_opt.train.gan import train_generator
-    from gafi_opt.worker import resolve_device
 
     spec = _spec(study_file, overrides)
     epochs = train_generator(spec, load_data(spec.data), resolve_device(device or spec.device), seed=spec.seed if seed is None else seed, progress=_progress(quiet))
@@ -172,7 +172,7 @@ grace_option = click.option(
 
 
 def _worker_options(heartbeat_interval: int, grace_period: int):
-    from gafi_opt.distributed import WorkerOptions
+    from gafi_opt.pipeline import WorkerOptions
 
     if grace_period < 2 * heartbeat_interval:
         raise GafiError(f"--grace-period ({grace_period}) must be at least twice --heartbeat-interval ({heartbeat_interval})")
@@ -209,19 +209,21 @@ def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, 
     best-hyperparameter table. Run it again after an interruption to resume.
     With --workers N, N local worker processes share the trials (see `gafi-opt worker`).
     """
-    from gafi_opt.artifacts import register_artifact_dir
-    from gafi_opt.launch import run_local
     from gafi_opt.pipeline import Pipeline
-    from gafi_opt.progress import StageProgress
     from gafi_opt.report import format_rows, summary_row
+    from gafi_opt.report.artifacts import register_artifact_dir
+    from gafi_opt.report.progress import StageProgress
+    from gafi_opt.runner import run_pipeline
+    from gafi_opt.storages import open_storage
 
     options = _worker_options(heartbeat_interval, grace_period)
     spec = _spec(study_file, overrides + (("selection=test",) if paper_selection else ()))
     _set_threads(threads)
-    register_artifact_dir(Pipeline.create_or_load(spec, storage), artifacts)
+    opened = open_storage(storage or spec.storage_url)
+    register_artifact_dir(Pipeline.create_or_load(spec, opened), artifacts)
     stage_line = StageProgress(_progress(quiet))
-    pipeline = run_local(
-        spec, storage, device or spec.device, workers, _progress(quiet), stage_line, options, log=None if quiet else _note, threads=threads
+    pipeline = run_pipeline(
+        spec, opened, device or spec.device, workers, _progress(quiet), stage_line, options, log=None if quiet else _note, threads=threads
     )
     stage_line.close()
     click.echo(format_rows([summary_row(pipeline)], "markdown"))
@@ -258,14 +260,14 @@ def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period,
     """
     import socket
 
-    from gafi_opt.launch import wait_until_prepared
+    from gafi_opt.models.device import resolve_device
     from gafi_opt.pipeline import Pipeline
-    from gafi_opt.progress import StageProgress
-    from gafi_opt.storage import redact
-    from gafi_opt.worker import Worker, resolve_device
+    from gafi_opt.report.progress import StageProgress
+    from gafi_opt.runner import wait_until_prepared, work
+    from gafi_opt.storages import open_storage, redact
 
     options = _worker_options(heartbeat_interval, grace_period)
-    pipeline = Pipeline.load(storage, name)
+    pipeline = Pipeline.load(open_storage(storage, must_exist=True), name)
     resolved = resolve_device(device or pipeline.spec.device)
     _set_threads(threads)
     wait_until_prepared(pipeline, wait_prepared, None if quiet else _note)
@@ -273,7 +275,7 @@ def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period,
     if not quiet:
         _note(f"worker {who} joined pipeline {name!r} in {redact(storage)} on {resolved}")
     stage_line = StageProgress(_progress(quiet))
-    stats = Worker(pipeline, resolved, progress=_progress(quiet), reporter=stage_line, options=options).run()
+    stats = work(pipeline, resolved, progress=_progress(quiet), reporter=stage_line, options=options)
     stage_line.close()
     if not quiet:
         _note(
@@ -296,7 +298,7 @@ def storage_proxy_cmd(storage, host, port):
     """
     import signal
 
-    from gafi_opt.storage import redact, serve_proxy
+    from gafi_opt.storages import redact, serve_proxy
 
     def stop(_signum, _frame):
         raise KeyboardInterrupt
@@ -316,13 +318,14 @@ def status_cmd(storage, names):
     earlier trial's result, and the classifier-epochs each stage spent."""
     from gafi_opt.pipeline import Pipeline, pipeline_names
     from gafi_opt.report import stage_status
-    from gafi_opt.storage import open_storage, redact
+    from gafi_opt.storages import open_storage, redact
 
-    names = names or pipeline_names(open_storage(storage, must_exist=True))
+    opened = open_storage(storage, must_exist=True)
+    names = names or pipeline_names(opened)
     if not names:
         raise GafiError(f"no pipelines in {redact(storage)}")
     for name in names:
-        pipeline = Pipeline.load(storage, name)
+        pipeline = Pipeline.load(opened, name)
         current = pipeline.current_stage()
         click.echo(f"pipeline {name}: {'complete' if current is None else 'stage ' + current}")
         click.echo(f"  {'stage':<11}{'state':<9}{'complete':>9}{'pruned':>8}{'failed':>8}{'running':>9}{'waiting':>9}{'reused':>8}{'epochs':>8}")
@@ -349,12 +352,13 @@ def export_cmd(storage, names, fmt, output):
     """
     from gafi_opt.pipeline import Pipeline, pipeline_names
     from gafi_opt.report import format_rows, multigen_rows, summary_row
-    from gafi_opt.storage import open_storage, redact
+    from gafi_opt.storages import open_storage, redact
 
-    names = names or pipeline_names(open_storage(storage, must_exist=True))
+    opened = open_storage(storage, must_exist=True)
+    names = names or pipeline_names(opened)
     if not names:
         raise GafiError(f"no pipelines in {redact(storage)}")
-    rows = [summary_row(Pipeline.load(storage, name)) for name in names] + multigen_rows(storage, list(names))
+    rows = [summary_row(Pipeline.load(opened, name)) for name in names] + multigen_rows(opened, list(names))
     text = format_rows(rows, fmt)
     if output:
         _write(output, text)
@@ -387,10 +391,11 @@ def plot_cmd(storage, name, out_dir, plotlyjs):
     per-epoch val accuracy of the best trials (<stage>-curves) and Optuna's
     optimisation history (<stage>-history); per-seed curves of the baseline and final stages.
     """
-    from gafi_opt.figures import pipeline_figures, write_html
     from gafi_opt.pipeline import Pipeline
+    from gafi_opt.report.figures import pipeline_figures, write_html
+    from gafi_opt.storages import open_storage
 
-    figures = pipeline_figures(Pipeline.load(storage, name))
+    figures = pipeline_figures(Pipeline.load(open_storage(storage, must_exist=True), name))
     if not figures:
         raise GafiError(f"pipeline {name!r} has no finished trials to plot yet")
     for path in write_html(figures, out_dir, plotlyjs):
@@ -413,9 +418,10 @@ def dashboard_cmd(storage, artifacts, host, port):
     Each trial shows a note saying what it was and, as an artifact, the grid of
     synthetic samples it trained on; each stage study shows its key figure. Stop with Ctrl-C.
     """
-    from gafi_opt.dashboard import dashboard_url, make_server
+    from gafi_opt.report.dashboard import dashboard_url, make_server
+    from gafi_opt.storages import open_storage
 
-    server = make_server(storage, artifacts, host, port)
+    server = make_server(open_storage(storage, must_exist=True), artifacts, host, port)
     click.echo(f"optuna-dashboard on {dashboard_url(host, server.server_port)} (Ctrl-C to stop)", err=True)
     try:
         server.serve_forever()
@@ -456,9 +462,9 @@ def scarce_cmd(study_file, fractions, seeds, budget, storage, overrides, device,
     """
     import json
 
-    from gafi_opt.progress import StageProgress
-    from gafi_opt.scarce import parse_fractions, run_scarce, scarce_table
-    from gafi_opt.worker import resolve_device
+    from gafi_opt.experiments.scarce import parse_fractions, run_scarce, scarce_table
+    from gafi_opt.models.device import resolve_device
+    from gafi_opt.report.progress import StageProgress
 
     parsed = parse_fractions(fractions)
     if seeds < 1:
@@ -486,22 +492,35 @@ def scarce_cmd(study_file, fractions, seeds, budget, storage, overrides, device,
 @click.option("--pipelines", "pipelines", required=True, metavar="A,B,...", help="Finished pipelines whose generators to combine (comma-separated).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Classifiers to train, one per seed (default: the first pipeline's final.seeds).")
 @device_option
+@threads_option
+@heartbeat_option
+@grace_option
 @quiet_option
-def multigen_cmd(storage, pipelines, seeds, device, quiet):
+def multigen_cmd(storage, pipelines, seeds, device, threads, heartbeat_interval, grace_period, quiet):
     """Train the final classifier on a set drawn from several finished pipelines' generators.
 
     Each generator is used at its own best checkpoint, stddev and threshold (with its own
     filter) and gives an equal share of every class; the set is renewed every epoch. The
-    run is the Optuna study multigen/<A+B+...> in the same storage: run it again to resume
-    or to add seeds. `gafi-opt export` adds a row for it (the paper shows K = 1, 2, 4, 6).
+    run is the Optuna study multigen/<A+B+...> in the same storage, one trial per seed, run
+    by the same worker loop as the stages: run it again to resume (a seed whose process died
+    is re-run once its heartbeat is older than --grace-period) or to add seeds; several
+    multigen processes may share the seeds. `gafi-opt export` adds a row for it (the paper
+    shows K = 1, 2, 4, 6).
     """
-    from gafi_opt.multigen import run_multigen
+    from gafi_opt.experiments.multigen import run_multigen
+    from gafi_opt.models.device import resolve_device
     from gafi_opt.report import format_rows, multigen_rows
-    from gafi_opt.worker import resolve_device
+    from gafi_opt.report.dashboard import DashboardHooks
+    from gafi_opt.storages import open_storage
 
+    options = _worker_options(heartbeat_interval, grace_period)
+    _set_threads(threads)
+    opened = open_storage(storage, must_exist=True)
     names = [name.strip() for name in pipelines.split(",") if name.strip()]
-    study = run_multigen(storage, names, seeds, resolve_device(device) if device else None, progress=_progress(quiet))
-    rows = [row for row in multigen_rows(storage, names) if row["pipeline"] == study.study_name]
+    plan, _ = run_multigen(
+        opened, names, seeds, resolve_device(device) if device else None, progress=_progress(quiet), options=options, hooks=DashboardHooks()
+    )
+    rows = [row for row in multigen_rows(opened, names) if row["pipeline"] == plan.name]
     click.echo(format_rows(rows, "markdown"))
 
 

@@ -82,7 +82,7 @@ class PageReport:
 
 
 def study_id(storage_url: str, study_name: str) -> int:
-    from gafi_opt.storage import open_storage
+    from gafi_opt.storages import open_storage
 
     return optuna.load_study(study_name=study_name, storage=open_storage(storage_url))._study_id
 

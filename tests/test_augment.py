@@ -7,21 +7,21 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import DIGITS, TINY
 
 from gafi_opt.cas import TrialContext, _training_set, train_cas
 from gafi_opt.cli import main
 from gafi_opt.data import load_data
+from gafi_opt.data.fingerprint import bind_run_data, train_set_record
 from gafi_opt.errors import GafiError
-from gafi_opt.pipeline import Pipeline
-from gafi_opt.real_only import ATTR_PREFIX, train_real_only
+from gafi_opt.experiments.scarce import ScarcePlan, parse_fractions, step_factors, train_sizes
+from gafi_opt.pipeline.store import REAL_ONLY_PREFIX, Pipeline
 from gafi_opt.report import EXPORT_KEYS, format_rows, summary_row
-from gafi_opt.run_data import bind_run_data, train_set_record
-from gafi_opt.scarce import ScarcePlan, parse_fractions, step_factors, train_sizes
+from gafi_opt.search.pruners import pruner_warmup
+from gafi_opt.search.stages import TrialConfig
 from gafi_opt.spec import load_spec
-from gafi_opt.stages import TrialConfig, pruner_warmup
 from gafi_opt.train.classifier import ClassifierTrainer
-
-from conftest import DIGITS, TINY
+from gafi_opt.train.real_only import train_real_only
 
 FRACTION = 0.2
 # The shared tiny overrides, less the fixed set size (augment mode sizes its set by the ratio).
@@ -39,9 +39,8 @@ def digest(x: torch.Tensor, y: torch.Tensor) -> tuple:
 @pytest.fixture(scope="module")
 def scarce_run(tmp_path_factory):
     """`gafi-opt scarce` at one fraction on tiny models, recording the real data every model trained on."""
-    import gafi_opt.real_only
+    import gafi_opt.cas
     import gafi_opt.runner
-    import gafi_opt.worker
 
     seen = {"filter": [], "generator": [], "real_only": [], "trial": []}
 
@@ -64,8 +63,8 @@ def scarce_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gafi_opt.runner, "train_real_classifier", spy("filter", gafi_opt.runner.train_real_classifier, data_arg))
         mp.setattr(gafi_opt.runner, "train_generator", spy("generator", gafi_opt.runner.train_generator, data_arg))
-        mp.setattr(gafi_opt.real_only, "train_real_only", spy("real_only", gafi_opt.real_only.train_real_only, data_arg))
-        mp.setattr(gafi_opt.worker, "train_cas", spy("trial", gafi_opt.worker.train_cas, trial_arg))
+        mp.setattr(gafi_opt.runner, "train_real_only", spy("real_only", gafi_opt.runner.train_real_only, data_arg))
+        mp.setattr(gafi_opt.cas, "train_cas", spy("trial", gafi_opt.cas.train_cas, trial_arg))
         args = ["scarce", str(DIGITS), "--fractions", str(FRACTION), "--seeds", "2", "--budget", "epochs", "--quiet", "--format", "json"]
         result = CliRunner().invoke(main, args + sets(overrides), catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -151,7 +150,7 @@ def test_export_has_mode_fraction_ratio_and_real_only_baseline(scarce_run):
     # The real-only baseline: the CAS recipe, the final stage's seeds, the same epochs, reproducible.
     spec = pipelines["augment"].spec
     attrs = pipelines["augment"].attrs()
-    stored = [attrs[f"{ATTR_PREFIX}{seed}"] for seed in (spec.seed, spec.seed + 1)]
+    stored = [attrs[f"{REAL_ONLY_PREFIX}{seed}"] for seed in (spec.seed, spec.seed + 1)]
     assert all(r["classifier_epochs"] == spec.cas.epochs for r in stored)
     again = train_real_only(spec, load_data(spec.data), torch.device("cpu"), seed=spec.seed + 1)
     assert again["test_acc"] == stored[1]["test_acc"]

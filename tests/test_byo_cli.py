@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import byo_generator
 import optuna
 import pytest
 import torch
 from click.testing import CliRunner
-
-import byo_generator
 from conftest import DIGITS, tiny_overrides
+
 from gafi_opt.cli import main
 from gafi_opt.data import load_data
 from gafi_opt.errors import GafiError

@@ -10,15 +10,15 @@ from pathlib import Path
 import optuna
 import optuna_dashboard
 import pytest
+from dashboard_browser import CHROMIUM, PNG_SIGNATURE, dashboard_server, inspect, study_id
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 from PIL import Image
 
-from dashboard_browser import CHROMIUM, PNG_SIGNATURE, dashboard_server, inspect, study_id
-from gafi_opt.artifacts import ARTIFACT_DIR_ATTR, CELL_PIXELS, PAD
-from gafi_opt.dashboard import STAGE_FIGURE_ID
 from gafi_opt.pipeline import Pipeline
-from gafi_opt.stages import STAGES
-from gafi_opt.storage import open_storage
+from gafi_opt.report.artifacts import ARTIFACT_DIR_ATTR, CELL_PIXELS, PAD
+from gafi_opt.report.dashboard import STAGE_FIGURE_ID
+from gafi_opt.search.stages import STAGES
+from gafi_opt.storages import open_storage
 
 
 def _graph_json(study: optuna.Study) -> dict:
@@ -98,8 +98,8 @@ def test_real_dashboard_in_chromium(tiny_pipeline, tmp_path):
 def test_one_dashboard_reads_several_artifact_folders(tmp_path):
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    from gafi_opt.artifacts import UnionArtifactStore, store_for_dirs
     from gafi_opt.errors import GafiError
+    from gafi_opt.report.artifacts import UnionArtifactStore, store_for_dirs
 
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -17,19 +18,17 @@ import uuid
 import optuna
 import pytest
 from click.testing import CliRunner
+from conftest import DIGITS, tiny_overrides
 from optuna.trial import TrialState
 
-from gafi_opt import slots
 from gafi_opt.cli import main
-from gafi_opt.distributed import StageLoop, WorkerOptions
-from gafi_opt.fixed_work import GRID_STAGE, FixedWork, fixed_work_spec, run_workers, start_workers
-from gafi_opt.heartbeat import HEARTBEAT
-from gafi_opt.launch import PREPARED_ATTR, run_dir_lock, worker_plan
 from gafi_opt.pipeline import Pipeline
-from gafi_opt.stages import STAGES
-from gafi_opt.storage import open_storage
-
-from conftest import DIGITS, tiny_overrides
+from gafi_opt.pipeline.loop import StageLoop, WorkerOptions
+from gafi_opt.runner import PREPARED_ATTR, run_dir_lock, worker_plan
+from gafi_opt.search.stages import STAGES
+from gafi_opt.storages import open_storage, slots
+from gafi_opt.storages.heartbeat import HEARTBEAT
+from gafi_opt.testing.fixed_work import GRID_STAGE, FixedWork, fixed_work_spec, run_workers, start_workers
 
 pytestmark = pytest.mark.timeout(240)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -111,7 +110,8 @@ def test_a_killed_worker_trial_is_detected_and_rerun(backend, request, tmp_path)
     assert [status for status, _ in results] == ["ok", "ok"], results
     trials = assert_exactly_once(url, name, 4)
     killed = next(t for t in trials if t._trial_id == victim._trial_id)
-    assert killed.state == TrialState.FAIL and slots.REASON not in killed.system_attrs  # failed by the sweep, not by itself
+    assert killed.state == TrialState.FAIL  # failed by another worker's sweep, which says why
+    assert killed.system_attrs[slots.REASON].startswith(f"lost worker: its worker on {socket.gethostname()} (pid {processes[0].pid}) stopped beating")
     rerun = [t for t in trials if t.state in FINISHED and t.params["checkpoint"] == killed.system_attrs["fixed_params"]["checkpoint"]]
     assert rerun[0].number > killed.number
 
@@ -214,7 +214,7 @@ def test_real_workers_survive_sigkill_and_sigterm(tiny_pipeline, tmp_path, capfd
     SIGKILLed and another SIGTERMed mid-trial; the third completes every stage, each slot exactly once."""
     import torch
 
-    from gafi_opt.launch import prepare_once, run_processes
+    from gafi_opt.runner import prepare_once, run_processes
     from gafi_opt.spec import load_spec
 
     tiny_spec, _ = tiny_pipeline  # its models (filter classifier, generator checkpoints) are reused: preparing is quick
@@ -247,7 +247,7 @@ def test_real_workers_survive_sigkill_and_sigterm(tiny_pipeline, tmp_path, capfd
     assert "ended early; the others completed the pipeline" in notes[-1]
     storage = open_storage(url)
     killed, stopped = storage.get_trial(victims["killed"]._trial_id), storage.get_trial(victims["stopped"]._trial_id)
-    assert killed.state == TrialState.FAIL and slots.REASON not in killed.system_attrs  # failed by another worker's sweep
+    assert killed.state == TrialState.FAIL and killed.system_attrs[slots.REASON].startswith("lost worker: ")  # another worker's sweep
     assert stopped.state == TrialState.FAIL and stopped.system_attrs[slots.REASON] == "interrupted by SIGTERM"
     pipeline = Pipeline.load(url, "dist")
     assert pipeline.current_stage() is None
@@ -255,7 +255,7 @@ def test_real_workers_survive_sigkill_and_sigterm(tiny_pipeline, tmp_path, capfd
         trials = pipeline.stage_study(stage).get_trials(deepcopy=False)
         assert [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)] == [], stage
         slot_params = pipeline.layout(pipeline.stage_study(stage), stage)["slots"]
-        finished = collections.Counter(slots.slot_of(t, slot_params) for t in trials if t.state in FINISHED)
+        finished = collections.Counter(slots.slot_of(t) for t in trials if t.state in FINISHED)
         assert finished == {slot: 1 for slot in range(len(slot_params))}, (stage, finished)
     # Starting a worker again is harmless: on a complete pipeline it exits 0 at once.
     again = CliRunner().invoke(main, ["worker", "--storage", url, "--pipeline", "dist", "--wait-prepared", "0"])

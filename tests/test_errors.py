@@ -7,13 +7,12 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import DIGITS, ROOT, tiny_overrides
 
 from gafi_opt.cli import main
 from gafi_opt.pipeline import Pipeline
-from gafi_opt.stages import STAGES
-from gafi_opt.storage import open_storage
-
-from conftest import DIGITS, ROOT, tiny_overrides
+from gafi_opt.search.stages import STAGES
+from gafi_opt.storages import open_storage
 
 
 def sets(overrides):

@@ -8,9 +8,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from gafi_opt.cli import main
-from gafi_opt.figures import history_figure, stage_figure, val_curves_figure
 from gafi_opt.pipeline import Pipeline
-from gafi_opt.progress import StageProgress
+from gafi_opt.report.figures import history_figure, stage_figure, val_curves_figure
+from gafi_opt.report.progress import StageProgress
 from gafi_opt.synth import SyntheticSource
 
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import time
 
 import optuna
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import DIGITS, ROOT, TINY
 from optuna.trial import TrialState
 
-from conftest import DIGITS, TINY
 from gafi_opt.cli import main
 from gafi_opt.errors import GafiError
-from gafi_opt.multigen import MultiGenRun, load_members, shares
+from gafi_opt.experiments.multigen import MultiGenRun, shares
 from gafi_opt.pipeline import Pipeline
+from gafi_opt.pipeline.multigen import load_members
 from gafi_opt.spec import load_spec
 
 # One point per grid (different per pipeline, so each member's own values are visible), one final seed.
@@ -147,3 +151,39 @@ def test_bad_pipeline_sets_are_one_line_errors(storage, tmp_path):
         assert result.exit_code == 2, (pipelines, result.output)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not [s for s in optuna.get_all_study_summaries(copy_url) if s.study_name.startswith("multigen/mgA+mgC")]
+
+
+def test_a_multigen_process_killed_mid_trial_is_followed_by_one_that_reruns_the_lost_seed(storage, tmp_path):
+    root, _ = storage
+    copy = tmp_path / "killed.db"  # its own copy of the two finished pipelines
+    with sqlite3.connect(root / "gafi.db") as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    url = f"sqlite:///{copy}"
+    if any(s.study_name == "multigen/mgA+mgB" for s in optuna.get_all_study_summaries(url, include_best_trial=False)):
+        optuna.delete_study(study_name="multigen/mgA+mgB", storage=url)  # left by the tests before: start afresh
+    command = [sys.executable, "-m", "gafi_opt.cli", "multigen", "--storage", url, "--pipelines", "mgA,mgB", "--seeds", "2",
+               "--heartbeat-interval", "1", "--grace-period", "2", "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "no multigen trial ever ran"
+        summaries = [s for s in optuna.get_all_study_summaries(url, include_best_trial=False) if s.study_name == "multigen/mgA+mgB"]
+        running = _study(url, "multigen/mgA+mgB").get_trials(states=[TrialState.RUNNING]) if summaries else []
+        if running:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=20)
+    victim = running[0]
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = _study(url, "multigen/mgA+mgB").get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    complete = sorted(t.params["seed"] for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == [0, 1]  # every seed once: the lost one re-run, none twice
+    killed = next(t for t in trials if t._trial_id == victim._trial_id)
+    assert killed.state == TrialState.FAIL and killed.system_attrs["gafi:fail_reason"].startswith("lost worker: ")
+    rows = json.loads(_invoke("export", "--storage", url, "--format", "json").output)
+    assert next(r for r in rows if r["pipeline"] == "multigen/mgA+mgB")["seeds"] == 2

@@ -17,12 +17,12 @@ import torch
 from click.testing import CliRunner
 from torch.nn.utils import parametrize
 
-from gafi_opt.checkpoints import load_generator, require_checkpoints
 from gafi_opt.cli import main
 from gafi_opt.models.biggan import BigGANDeepGenerator
+from gafi_opt.models.checkpoints import load_generator, require_checkpoints
 from gafi_opt.pipeline import Pipeline
+from gafi_opt.search.stages import STAGES
 from gafi_opt.spec import load_spec
-from gafi_opt.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR10 = ROOT / "studies" / "cifar10.toml"

@@ -5,13 +5,12 @@ import json
 import optuna
 import pytest
 from click.testing import CliRunner
+from conftest import DIGITS
 from optuna.trial import TrialState
 
 from gafi_opt.cli import main
 from gafi_opt.pipeline import Pipeline
-from gafi_opt.stages import STAGES
-
-from conftest import DIGITS
+from gafi_opt.search.stages import STAGES
 
 
 def test_every_stage_finished_with_each_grid_point_once(tiny_pipeline):

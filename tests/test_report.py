@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from gafi_opt.cli import main
-from gafi_opt.report import latex_table
-from gafi_opt.storage import open_storage
+from gafi_opt.report.formats import latex_table
+from gafi_opt.storages import open_storage
 
 SEARCHED = ("checkpoint", "stddev", "threshold")
 

@@ -6,21 +6,22 @@ import math
 import optuna
 import pytest
 import torch
+from conftest import DIGITS
 from torch import nn
 
-from gafi_opt import accel
-from gafi_opt.accel import ModelSlot, autocast_dtype, inference_copy, parameter_dtype, run_inference
-from gafi_opt.augment import random_crop
+from gafi_opt.data.augment import random_crop
 from gafi_opt.errors import GafiError
+from gafi_opt.models import accel
+from gafi_opt.models.accel import ModelSlot, autocast_dtype, inference_copy, parameter_dtype, run_inference
+from gafi_opt.search.pruners import make_pruner, pruner_min_epochs
+from gafi_opt.search.reuse import same_recipe
+from gafi_opt.search.samplers import UniquePointSampler, make_sampler
+from gafi_opt.search.stages import TrialConfig, suggest, trial_budget
+from gafi_opt.search.stages import slot_params as stage_slot_params
 from gafi_opt.spec import ClassifierSpec, load_spec
-from gafi_opt.pipeline import stage_slot_params
-from gafi_opt.reuse import same_recipe
-from gafi_opt.stages import TrialConfig, UniquePointSampler, make_pruner, make_sampler, pruner_min_epochs, suggest, trial_budget
 from gafi_opt.synth import SyntheticSource
-from gafi_opt.synth_reference import reference_synthesis
+from gafi_opt.testing.reference_synthesis import reference_synthesis
 from gafi_opt.train.classifier import ClassifierTrainer
-
-from conftest import DIGITS
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -309,10 +310,10 @@ def test_a_compiled_pipeline_compiles_once_and_reuses_it_across_trials(tiny_pipe
     from pathlib import Path
 
     from click.testing import CliRunner
+    from conftest import tiny_overrides
     from torch._dynamo.utils import counters
 
     from gafi_opt.cli import main
-    from conftest import tiny_overrides
 
     spec, _ = tiny_pipeline
     run_dir = tmp_path / "compiled"

@@ -11,13 +11,11 @@ import uuid
 
 import optuna
 import pytest
-
-from gafi_opt import fixed_work
-from gafi_opt import storage as storage_module
-from gafi_opt.errors import GafiError
-from gafi_opt.storage import open_storage, redact, redact_text, scrub, set_once
-
 from conftest import free_port
+
+from gafi_opt.errors import GafiError
+from gafi_opt.storages import TAS_PREFIX, _grpc, _rdb, open_storage, redact, redact_text, scrub, set_once
+from gafi_opt.testing import fixed_work
 
 pytestmark = pytest.mark.timeout(120)
 RACERS = 4
@@ -45,7 +43,7 @@ def test_claims_and_set_once_have_one_winner(url):
     study = optuna.create_study(storage=storage, study_name=f"race-{uuid.uuid4().hex[:6]}")
     for i in range(40):
         study.enqueue_trial({"x": i})
-    keys = [f"{storage_module.TAS_PREFIX}k{i}" for i in range(15)]
+    keys = [f"{TAS_PREFIX}k{i}" for i in range(15)]
     claims = collections.Counter(trial_id for won in race("claim", url, study._study_id) for trial_id in won)
     assert len(claims) == 40 and max(claims.values()) == 1, [t for t, n in claims.items() if n > 1]
     wins = collections.Counter(key for won in race("set_once", url, study._study_id, keys) for key in won)
@@ -59,7 +57,7 @@ def test_test_and_set_through_the_grpc_proxy(grpc_proxy):
     url, _ = grpc_proxy
     storage = open_storage(url)
     study = optuna.create_study(storage=storage, study_name="tas-grpc")
-    keys = [f"{storage_module.TAS_PREFIX}k{i}" for i in range(10)]
+    keys = [f"{TAS_PREFIX}k{i}" for i in range(10)]
     wins = collections.Counter(key for won in race("tas", url, study._study_id, keys) for key in won)
     assert wins == {key: 1 for key in keys}
     study.enqueue_trial({"x": 1})
@@ -79,7 +77,7 @@ def test_a_plain_optuna_grpc_proxy_is_refused(tmp_path):
         storage = open_storage(f"grpc://127.0.0.1:{port}")
         study = optuna.create_study(storage=storage, study_name="plain")
         with pytest.raises(GafiError, match="overwrites attributes"):
-            set_once(storage, study._study_id, storage_module.TAS_PREFIX + "x", "v")
+            set_once(storage, study._study_id, TAS_PREFIX + "x", "v")
     finally:
         server.stop(0)
 
@@ -94,7 +92,7 @@ def test_storage_proxy_command_stops_cleanly(grpc_proxy):
 
 
 def test_no_proxy_listening_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(storage_module, "GRPC_CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(_grpc, "GRPC_CONNECT_TIMEOUT_S", 1)
     with pytest.raises(GafiError, match=r"no gRPC storage proxy answers at 127\.0\.0\.1:\d+ \(start one with `gafi-opt storage-proxy`\)"):
         open_storage(f"grpc://127.0.0.1:{free_port()}")
 
@@ -103,12 +101,12 @@ def test_sqlite_uses_wal_and_a_busy_timeout(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'g.db'}")
     with storage.rdb.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == storage_module.SQLITE_BUSY_TIMEOUT_S * 1000
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == _rdb.SQLITE_BUSY_TIMEOUT_S * 1000
 
 
 def test_sqlite_lock_held_longer_than_the_busy_timeout_is_retried(tmp_path, monkeypatch):
     """'database is locked' never reaches the caller: the write waits, then is retried until the lock goes."""
-    monkeypatch.setattr(storage_module, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(_rdb, "SQLITE_BUSY_TIMEOUT_S", 0.2)
     path = tmp_path / "locked.db"
     storage = open_storage(f"sqlite:///{path}")
     study = optuna.create_study(storage=storage, study_name="locked")
@@ -149,8 +147,8 @@ def test_the_stored_spec_keeps_no_password(postgres_url):
     from click.testing import CliRunner
 
     from gafi_opt.cli import main
-    from gafi_opt.fixed_work import fixed_work_spec
-    from gafi_opt.pipeline import SPEC_ATTR, Pipeline
+    from gafi_opt.pipeline.store import SPEC_ATTR, Pipeline
+    from gafi_opt.testing.fixed_work import fixed_work_spec
 
     with_password = postgres_url.replace("@", ":hunter2@", 1)  # trust auth: any password is accepted
     pipeline = Pipeline.create_or_load(fixed_work_spec("secret", 2, storage=with_password), with_password)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gafi_opt.augment import to_float
+from gafi_opt.data import to_float
 from gafi_opt.synth import SyntheticSource
 
 

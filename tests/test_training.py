@@ -1,17 +1,16 @@
 """Training pieces: GAN resume, EMA, decoupled weight decay, the filter classifier, batch augmentation."""
 
 import torch
+from conftest import DIGITS, tiny_overrides
 from torch import nn
 
-from gafi_opt.augment import cutout, random_crop, random_flip
-from gafi_opt.checkpoints import checkpoint_paths, load_generator
 from gafi_opt.data import load_data
+from gafi_opt.data.augment import cutout, random_crop, random_flip
+from gafi_opt.models.checkpoints import checkpoint_paths, load_generator
 from gafi_opt.spec import ClassifierSpec, load_spec
 from gafi_opt.train.classifier import ClassifierTrainer
 from gafi_opt.train.gan import ema_update, train_generator
 from gafi_opt.train.real import load_filter, train_real_classifier
-
-from conftest import DIGITS, tiny_overrides
 
 
 def spec_for(run_dir, *extra):

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gafi_opt.accel import ModelSlot, autocast, autocast_dtype, is_convolutional, to_channels_last
-from gafi_opt.augment import augment, to_float
+from gafi_opt.data import to_float
+from gafi_opt.data.augment import augment
 from gafi_opt.models import build_classifier
+from gafi_opt.models.accel import ModelSlot, autocast, autocast_dtype, is_convolutional, to_channels_last
 from gafi_opt.spec import ClassifierSpec
-
 
 AUGMENT_CHUNK_PIXELS = 2**23  # values per augmented chunk: 32 MiB of fp32, e.g. 2,688 CIFAR images
 

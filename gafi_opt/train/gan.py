@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gafi_opt.augment import to_float
-from gafi_opt.checkpoints import atomic_save, generator_dir
-from gafi_opt.data import RealData
+from gafi_opt.data import RealData, to_float
+from gafi_opt.data.fingerprint import bind_run_data
 from gafi_opt.errors import GafiError
 from gafi_opt.models import build_discriminator, build_generator
-from gafi_opt.run_data import bind_run_data
+from gafi_opt.models.checkpoints import atomic_save, generator_dir
 from gafi_opt.spec import Spec
 
 

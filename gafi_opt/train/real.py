@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gafi_opt.checkpoints import atomic_save
 from gafi_opt.data import RealData
+from gafi_opt.data.fingerprint import bind_run_data
 from gafi_opt.errors import GafiError
 from gafi_opt.models import build_classifier
-from gafi_opt.run_data import bind_run_data
+from gafi_opt.models.checkpoints import atomic_save
 from gafi_opt.spec import Spec
 from gafi_opt.train.classifier import ClassifierTrainer
 

@@ -1,0 +1,152 @@
+"""The export's formats: markdown and LaTeX (percentages), CSV and JSON (fractions at full precision)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+from gafi_opt.errors import GafiError
+from gafi_opt.report.rows import EXPORT_KEYS
+
+FORMATS = ("markdown", "csv", "latex", "json")
+
+
+def format_rows(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "markdown":
+        return markdown_table(rows)
+    if fmt == "csv":
+        return csv_table(rows)
+    if fmt == "latex":
+        return latex_table(rows)
+    raise GafiError(f"unknown export format {fmt!r} (use {', '.join(FORMATS)})")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    headers = ["pipeline", "dataset", "mode", "real fraction", "ratio", "checkpoint", "stddev", "threshold", "CAS val", "CAS test", "synthetic baseline", "real", "real-only", "gap closed", "gap left"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cas = _pct(row["cas_test"]) + (f" ± {_pct(row['cas_test_std'])}" if row["cas_test_std"] is not None else "")
+        if row["selection"] == "test":
+            cas += " (test-selected)"
+        cells = [
+            row["pipeline"] + (f" (K={row['generators']})" if row.get("generators") else ""),  # multigen rows
+            row["dataset"],
+            row.get("mode") or "-",
+            _plain(row.get("real_fraction")),
+            _plain(row.get("augment_ratio")),
+            _plain(row["checkpoint"]),
+            _plain(row["stddev"]),
+            _plain(row["threshold"]),
+            _pct(row["cas_val"]),
+            cas,
+            _pct(row["synthetic_baseline_test"]),
+            _pct(row["real_test"]),
+            _pct(row.get("real_only_test")) + (f" ± {_pct(row['real_only_test_std'])}" if row.get("real_only_test_std") is not None else ""),
+            _pct(row["gap_closed"]),
+            _pct(row.get("remaining_gap")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_table(rows: list[dict]) -> str:
+    """Every key of the rows as a column, accuracies as fractions at full precision, empty cells for None."""
+    columns = list(EXPORT_KEYS) + [key for row in rows for key in row if key not in EXPORT_KEYS]
+    columns = list(dict.fromkeys(columns))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else _csv_value(row[key]) for key in columns})
+    return out.getvalue().rstrip("\n")
+
+
+def _csv_value(value):
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_table(rows: list[dict]) -> str:
+    """A booktabs `tabular` shaped like the paper's table (needs \\usepackage{booktabs}); accuracies in %.
+
+    Columns that would be empty for every row (pipeline names equal to the dataset,
+    generator count, augment mode, real-only baseline) are left out.
+    """
+    columns = _latex_columns(rows)
+    align = "".join(a for _, _, a in columns)
+    lines = [r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(h for h, _, _ in columns) + r" \\", r"\midrule"]
+    for row in rows:
+        lines.append(" & ".join(cell(row) for _, cell, _ in columns) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if any(row.get("selection") == "test" for row in rows):
+        lines.append(r"% $^\dagger$ hyperparameters selected on the test split (the paper's protocol)")
+    return "\n".join(lines)
+
+
+def _latex_columns(rows: list[dict]) -> list[tuple]:
+    """(header, cell function, alignment) for each column the rows need."""
+    columns = []
+    if any(row.get("pipeline") != row.get("dataset") or row.get("generators") for row in rows):
+        columns.append(("Pipeline", lambda r: _latex_escape(str(r.get("pipeline"))), "l"))
+    columns.append(("Dataset", lambda r: _latex_escape(str(r.get("dataset"))), "l"))
+    if any(row.get("generators") for row in rows):
+        columns.append(("Generators", lambda r: str(r.get("generators") or 1), "r"))
+    if any(row.get("mode") == "augment" for row in rows):
+        columns += [
+            ("Mode", lambda r: _latex_escape(r.get("mode") or "--"), "l"),
+            ("Real fraction", lambda r: _tex_plain(r.get("real_fraction")), "r"),
+            ("Ratio", lambda r: _tex_plain(r.get("augment_ratio")), "r"),
+        ]
+    columns += [
+        ("Checkpoint", lambda r: _tex_plain(r.get("checkpoint")), "r"),
+        (r"$\sigma$", lambda r: _tex_plain(r.get("stddev")), "r"),
+        ("Threshold", lambda r: _tex_plain(r.get("threshold")), "r"),
+        (r"CAS (\%)", _latex_cas, "r"),
+        (r"Synthetic baseline (\%)", lambda r: _num(r.get("synthetic_baseline_test")), "r"),
+        (r"Real (\%)", lambda r: _num(r.get("real_test")), "r"),
+    ]
+    if any(row.get("real_only_test") is not None for row in rows):
+        columns.append((r"Real-only (\%)", lambda r: _num_std(r.get("real_only_test"), r.get("real_only_test_std")), "r"))
+    columns += [
+        (r"Gap closed (\%)", lambda r: _num(r.get("gap_closed")), "r"),
+        ("Gap left (pp)", lambda r: _num(r.get("remaining_gap")), "r"),
+    ]
+    return columns
+
+
+def _latex_cas(row: dict) -> str:
+    cas = _num_std(row.get("cas_test"), row.get("cas_test_std"))
+    return cas + r"$^\dagger$" if row.get("selection") == "test" else cas
+
+
+def _num_std(value, std) -> str:
+    return _num(value) + (rf" $\pm$ {_num(std)}" if value is not None and std is not None else "")
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIALS.get(char, char) for char in text)
+
+
+def _tex_plain(value) -> str:
+    return "--" if value is None else _latex_escape(_plain(value))
+
+
+def _num(value) -> str:
+    """A fraction as a percentage with two decimals, without the % sign (LaTeX); -- when missing."""
+    return "--" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def _pct(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
+
+
+def _plain(value) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,125 @@
+"""The stages as data: what each one searches, what it takes from the stages before, how it samples and prunes.
+
+baseline   the synthetic baseline: last checkpoint, stddev 1, no filter, one fixed set (per seed)
+checkpoint which generator epoch (filter at threshold 0, set renewed every N=10 epochs)
+stddev     the Expansion Trick's latent stddev, on the best checkpoint
+threshold  Dynamic Sample Filtering's confidence threshold, on the best checkpoint and stddev
+final      the best of everything, set renewed every epoch (N=1), repeated over seeds
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+
+from gafi_opt.spec import Spec, StageSpec
+
+STAGES = ("baseline", "checkpoint", "stddev", "threshold", "final")
+SEARCH_STAGES = ("checkpoint", "stddev", "threshold")  # in order: each fixes its best value for the next
+SEARCHED = {"baseline": "seed", "checkpoint": "checkpoint", "stddev": "stddev", "threshold": "threshold", "final": "seed"}
+NO_FILTER = None
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that decides one CAS trial's synthetic data."""
+
+    stage: str
+    checkpoint: int
+    stddev: float
+    threshold: float | None  # None: no filtering at all
+    recycle_every: int  # 0: the set is generated once and kept
+    seed: int
+
+    def describe(self) -> str:
+        threshold = "off" if self.threshold is None else f"{self.threshold:g}"
+        recycle = "never" if not self.recycle_every else f"every {self.recycle_every} epoch(s)"
+        return (
+            f"stage {self.stage}: checkpoint {self.checkpoint}, stddev {self.stddev:g}, "
+            f"filter threshold {threshold}, set renewed {recycle}, seed {self.seed}"
+        )
+
+
+def stage_spec(spec: Spec, stage: str) -> StageSpec:
+    """The baseline stage shares the final stage's seeds and runs no pruner."""
+    if stage == "baseline":
+        return StageSpec(search="grid", values=(), recycle_every=0, pruner="none", seeds=spec.final.seeds)
+    return spec.stage(stage)
+
+
+def grid(spec: Spec, stage: str) -> list:
+    """The values of the stage's searched parameter that an exhaustive stage evaluates."""
+    if stage in ("baseline", "final"):
+        return [spec.seed + i for i in range(spec.final.seeds)]
+    values = spec.stage(stage).values
+    return [int(v) for v in values] if stage == "checkpoint" else [float(v) for v in values]
+
+
+def is_grid(spec: Spec, stage: str) -> bool:
+    return stage in ("baseline", "final") or spec.stage(stage).search == "grid"
+
+
+def trial_budget(spec: Spec, stage: str) -> int:
+    """Finished trials that complete the stage."""
+    points = len(grid(spec, stage))
+    if is_grid(spec, stage):
+        return points
+    return spec.stage(stage).n_trials or max(1, points // 4)
+
+
+def budgeted_start(spec: Spec, stage: str):
+    """The point a budgeted stage evaluates first, or None to let its sampler choose them all.
+
+    The checkpoint stage starts at the last checkpoint: the synthetic baseline's, and the
+    choice a user makes without a search, so the search's result is what beats it. (On the
+    digits preset the samplers' random first draws otherwise fall on early checkpoints, whose
+    CAS is 5-25 points lower, and successive halving lets the first trial set the bar.)
+    """
+    return max(grid(spec, stage)) if stage == "checkpoint" else None
+
+
+def suggest(trial: optuna.Trial, spec: Spec, stage: str):
+    """The searched parameter, through Optuna's API (grid points arrive as enqueued values)."""
+    name = SEARCHED[stage]
+    values = grid(spec, stage)
+    if is_grid(spec, stage):
+        return trial.suggest_categorical(name, values)
+    step = _common_step(values)
+    if step is None or len(values) < 2:  # an irregular grid: only its own points exist (e.g. checkpoints)
+        return trial.suggest_categorical(name, values)
+    if stage == "checkpoint":
+        return trial.suggest_int(name, min(values), max(values), step=int(step))
+    return round(trial.suggest_float(name, min(values), max(values), step=step), 9)  # 1.7, not 1.7000000000000002
+
+
+def trial_config(stage: str, value, fixed: dict, spec: Spec) -> TrialConfig:
+    """The trial's data recipe: its searched value plus what earlier stages fixed."""
+    recycle = stage_spec(spec, stage).recycle_every
+    if stage == "baseline":
+        return TrialConfig(stage, fixed["last_checkpoint"], 1.0, NO_FILTER, 0, int(value))
+    if stage == "checkpoint":
+        return TrialConfig(stage, int(value), 1.0, 0.0, recycle, spec.seed)
+    if stage == "stddev":
+        return TrialConfig(stage, fixed["checkpoint"], float(value), 0.0, recycle, spec.seed)
+    if stage == "threshold":
+        return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], float(value), recycle, spec.seed)
+    return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], fixed["threshold"], recycle, int(value))
+
+
+def _common_step(values: list) -> float | None:
+    ordered = sorted(values)
+    steps = {round(b - a, 9) for a, b in zip(ordered, ordered[1:])}
+    return steps.pop() if len(steps) == 1 else None
+
+
+def slot_params(spec: Spec, stage: str) -> list[dict]:
+    """One entry per slot of the stage: a grid point's fixed value, or {} for each trial of a budgeted search
+    (whose first slot may be fixed: budgeted_start)."""
+    if is_grid(spec, stage):
+        return [{SEARCHED[stage]: value} for value in grid(spec, stage)]
+    slots = [{} for _ in range(trial_budget(spec, stage))]
+    start = budgeted_start(spec, stage)
+    if start is not None:
+        slots[0] = {SEARCHED[stage]: start}
+    return slots
