@@ -42,6 +42,7 @@ class CasResult:
     seconds: float
     acceptance_rate: float
     fallback: int
+    filled: int  # slots the synthetic set filled over the trial (fallback ones included)
     val_history: list[float] = field(default_factory=list)
     pruned: bool = False
     # A few images per class of the final synthetic set (uint8, CPU), for the dashboard's sample grid.
@@ -57,6 +58,7 @@ class CasResult:
             "seconds": round(self.seconds, 3),
             "acceptance_rate": self.acceptance_rate,
             "fallback_samples": self.fallback,
+            "fallback_fraction": round(self.fallback / self.filled, 4) if self.filled else 0.0,
             # 4 decimals (finer than any val set's accuracy step) keep the dashboard's attribute line short.
             "val_history": [round(v, 4) for v in self.val_history],
         }
@@ -177,6 +179,7 @@ def _result(ctx, trainer, source, history, started, test: bool) -> CasResult:
         seconds=time.perf_counter() - started,
         acceptance_rate=source.stats.acceptance_rate,
         fallback=int(source.stats.fallback.sum()),
+        filled=int(source.filled),
         val_history=history,
         samples=_class_samples(source, SAMPLES_PER_CLASS),
     )

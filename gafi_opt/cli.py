@@ -187,7 +187,8 @@ def _worker_options(heartbeat_interval: int, grace_period: int):
 @click.option(
     "--paper-selection",
     is_flag=True,
-    help="Select checkpoint, stddev and threshold on the TEST split, as the paper did (same as --set selection=test); exports mark such rows test-selected.",
+    help="The paper's protocol: checkpoint, stddev and threshold chosen by argmax on the TEST split, one seed per point "
+    "(same as --set selection=test --set checkpoint.rule=argmax ... for each search stage); exports mark such rows test-selected.",
 )
 @device_option
 @click.option(
@@ -212,12 +213,15 @@ def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, 
     from gafi_opt.pipeline import Pipeline
     from gafi_opt.report import format_rows, summary_row
     from gafi_opt.report.artifacts import register_artifact_dir
+    from gafi_opt.report.health import stage_warnings
     from gafi_opt.report.progress import StageProgress
     from gafi_opt.runner import run_pipeline
     from gafi_opt.storages import open_storage
 
     options = _worker_options(heartbeat_interval, grace_period)
-    spec = _spec(study_file, overrides + (("selection=test",) if paper_selection else ()))
+    from gafi_opt.spec import PAPER_SELECTION
+
+    spec = _spec(study_file, overrides + (tuple(PAPER_SELECTION) if paper_selection else ()))
     _set_threads(threads)
     opened = open_storage(storage or spec.storage_url)
     register_artifact_dir(Pipeline.create_or_load(spec, opened), artifacts)
@@ -227,6 +231,8 @@ def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, 
     )
     stage_line.close()
     click.echo(format_rows([summary_row(pipeline)], "markdown"))
+    for line in stage_warnings(pipeline):
+        _note(line)
 
 
 def _note(line: str) -> None:
@@ -318,6 +324,7 @@ def status_cmd(storage, names):
     earlier trial's result, and the classifier-epochs each stage spent."""
     from gafi_opt.pipeline import Pipeline, pipeline_names
     from gafi_opt.report import stage_status
+    from gafi_opt.report.health import stage_warnings
     from gafi_opt.storages import open_storage, redact
 
     opened = open_storage(storage, must_exist=True)
@@ -336,6 +343,8 @@ def status_cmd(storage, names):
                 f"{row['waiting']:>9}{row['reused']:>8}{row['epochs']:>8}"
             )
         click.echo(f"  classifier-epochs spent by finished trials: {sum(row['epochs'] for row in rows)} (reused trials cost none)")
+        for line in stage_warnings(pipeline):
+            click.echo(f"  {line}")
 
 
 @main.command("export")
@@ -352,13 +361,18 @@ def export_cmd(storage, names, fmt, output):
     """
     from gafi_opt.pipeline import Pipeline, pipeline_names
     from gafi_opt.report import format_rows, multigen_rows, summary_row
+    from gafi_opt.report.health import stage_warnings
     from gafi_opt.storages import open_storage, redact
 
     opened = open_storage(storage, must_exist=True)
     names = names or pipeline_names(opened)
     if not names:
         raise GafiError(f"no pipelines in {redact(storage)}")
-    rows = [summary_row(Pipeline.load(opened, name)) for name in names] + multigen_rows(opened, list(names))
+    pipelines = [Pipeline.load(opened, name) for name in names]
+    rows = [summary_row(pipeline) for pipeline in pipelines] + multigen_rows(opened, list(names))
+    for pipeline in pipelines:
+        for line in stage_warnings(pipeline):
+            _note(line)  # stderr: the table on stdout stays clean for scripts
     text = format_rows(rows, fmt)
     if output:
         _write(output, text)

@@ -23,8 +23,12 @@ DATA_SOURCES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cini
 SEARCH_MODES = ("grid", "tpe", "gp")
 PRUNERS = ("none", "median", "percentile", "sha", "hyperband")
 AUGMENTATIONS = ("flip", "crop", "cutout")
+DIFFAUG_OPS = ("color", "translation", "cutout")  # gafi_opt.data.augment.diff_augment
 OBJECTIVES = ("synthetic-only", "augment")
 PRECISIONS = ("auto", "fp32", "bf16")  # gafi_opt.accel applies them
+RULES = ("argmax", "fresh", "late", "robust")  # gafi_opt.search.selection: each adds one remedy to the one before
+SEARCH_STAGE_NAMES = ("checkpoint", "stddev", "threshold")
+PAPER_SELECTION = ["selection=test", *(f"{stage}.rule=argmax" for stage in SEARCH_STAGE_NAMES)]  # `--paper-selection`
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class GeneratorSpec:
     d_steps: int = 1  # discriminator steps per generator step
     ema_decay: float = 0.999
     ema_start: int = 0  # generator step from which EMA averaging starts (weights copied before)
+    diffaug: tuple[str, ...] = ()  # DiffAugment for small data: any of color, translation, cutout (real and fake alike)
     checkpoints: str = ""  # bring your own: a folder or glob of {epoch}.pt state dicts; skips training
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for a factory
 
@@ -95,6 +100,7 @@ class StageSpec:
     pruner_min_epochs: int = 0  # sha/hyperband: epochs before the first cut (0: the epoch after cas's first lr milestone)
     pruner_reduction: int = 3  # sha/hyperband: keep 1 trial in this many at each rung
     seeds: int = 1  # repetitions of each point with different seeds (final stage)
+    rule: str = "robust"  # how a search stage chooses (gafi_opt.search.selection): argmax (paper), fresh, late, robust
 
 
 @dataclass(frozen=True)
@@ -291,6 +297,9 @@ def _validate(spec: Spec, origin: str) -> None:
         fail("synth.samples_per_class must stay 0 with objective 'augment' (augment_ratio sets the synthetic set size)")
     if spec.generator.epochs < 1 or spec.generator.latent_dim < 1:
         fail("generator.epochs and generator.latent_dim must be >= 1")
+    unknown = [op for op in spec.generator.diffaug if op not in DIFFAUG_OPS]
+    if unknown:
+        fail(f"generator.diffaug: unknown operation {unknown[0]!r} (known: {', '.join(DIFFAUG_OPS)})")
     for part in ("filter", "cas"):
         cspec: ClassifierSpec = getattr(spec, part)
         bad = [a for a in cspec.augment if a not in AUGMENTATIONS]
@@ -321,6 +330,8 @@ def _validate(spec: Spec, origin: str) -> None:
             fail(f"{where}pruner_reduction must be >= 2")
         if stage.n_trials < 0:
             fail(f"{where}n_trials must be >= 0 (0: a quarter of the grid)")
+        if stage.rule not in RULES:
+            fail(f"{where}rule must be one of {', '.join(RULES)}, got {stage.rule!r}")
     if not spec.checkpoint.values:
         fail("checkpoint.values must list the generator epochs to compare")
     if any(v < 1 or v != int(v) for v in spec.checkpoint.values):

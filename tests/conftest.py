@@ -54,6 +54,23 @@ def tiny_pipeline(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_paper_pipeline(tiny_pipeline):
+    """The tiny pipeline again under the paper's argmax rule (on val), beside it in the same storage and run
+    directory (so only its trials train): (spec, storage URL)."""
+    from click.testing import CliRunner
+
+    from gafi_opt.cli import main
+    from gafi_opt.spec import load_spec
+
+    spec, url = tiny_pipeline
+    overrides = [*tiny_overrides(spec.run_path, name="tiny-paper"), *(f"{s}.rule=argmax" for s in ("checkpoint", "stddev", "threshold"))]
+    args = ["run", str(DIGITS), "--quiet", "--storage", url] + [arg for o in overrides for arg in ("--set", o)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return load_spec(DIGITS, overrides), url
+
+
+@pytest.fixture(scope="session")
 def postgres_url():
     """A fresh database on the PostgreSQL server at 127.0.0.1:5432 (or $GAFI_TEST_POSTGRES, host:port)
     for this test run, dropped afterwards.

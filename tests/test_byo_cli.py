@@ -94,3 +94,20 @@ def test_check_runs_on_the_training_device(tmp_path, monkeypatch):
     with pytest.raises(GafiError, match="does not fit the spec's generator"):
         bad = load_spec(DIGITS, _overrides(tmp_path, folder, "{}") + ["generator.latent_dim=4"])
         runner.check_checkpoints(bad, load_data(bad.data), "cpu")
+
+
+def test_a_generator_that_ignores_its_labels_is_named_in_run_status_and_export(tmp_path):
+    """Untrained weights draw noise whatever the label: the filter accepts few samples, so the 'filtered'
+    sets are mostly unfiltered fallback; every command that shows results says so in one line per stage."""
+    folder = _checkpoints(tmp_path / "noise")
+    storage = f"sqlite:///{tmp_path / 'gafi.db'}"
+    overrides = [*_overrides(tmp_path, folder, "{}"), "synth.max_attempts=2", "stddev.values=[1.0]", "threshold.values=[0.5]"]
+    result = CliRunner().invoke(main, ["run", str(DIGITS), "--quiet", "--storage", storage] + [a for o in overrides for a in ("--set", o)])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("gafi-opt: warning: pipeline byo, stage ")]
+    assert {line.split("stage ")[1].split(":")[0] for line in warned} == {"checkpoint", "stddev", "threshold", "final"}
+    assert all("unfiltered fallback" in line for line in warned)
+    status = CliRunner().invoke(main, ["status", "--storage", storage])
+    assert status.exit_code == 0 and status.output.count("warning: pipeline byo, stage ") == 4
+    export = CliRunner().invoke(main, ["export", "--storage", storage, "--format", "json"])
+    assert export.exit_code == 0 and export.stdout.startswith("[") and export.stderr.count("warning: ") == 4

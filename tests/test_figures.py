@@ -8,10 +8,12 @@ from click.testing import CliRunner
 from torch import nn
 
 from gafi_opt.cli import main
-from gafi_opt.pipeline import Pipeline
+from gafi_opt.pipeline import Pipeline, StageLoop, WorkerOptions
 from gafi_opt.report.figures import history_figure, stage_figure, val_curves_figure
 from gafi_opt.report.progress import StageProgress
+from gafi_opt.search.selection import late_epochs
 from gafi_opt.synth import SyntheticSource
+from gafi_opt.testing.fixed_work import FixedWork, fixed_work_spec
 
 
 def test_plot_writes_every_figure(tiny_pipeline, tmp_path):
@@ -38,13 +40,15 @@ def test_figures_show_the_trials(tiny_pipeline):
     for stage in ("checkpoint", "stddev", "threshold"):
         trials = pipeline.finished_trials(stage)
         figure = stage_figure(pipeline, stage)
-        val = next(t for t in figure.data if t.name == "val CAS")
-        complete = sorted((t for t in trials if t.value is not None), key=lambda t: t.params[stage])
+        # What the robust rule saw: each trial's val averaged over the epochs after the last lr drop.
+        val = next(t for t in figure.data if t.name.startswith("val CAS, mean of the last epochs"))
+        complete = sorted((t for t in trials if t.value is not None), key=lambda t: t.number)
+        late = late_epochs(spec.cas.epochs, spec.cas.lr_milestones)
         assert list(val.x) == [t.params[stage] for t in complete]
-        assert list(val.y) == pytest.approx([100 * t.value for t in complete])
+        assert list(val.y) == pytest.approx([100 * sum(t.user_attrs["val_history"][-late:]) / late for t in complete])
         best = pipeline.best_trial(stage)
-        star = next(t for t in figure.data if t.name.startswith("best"))
-        assert list(star.x) == [best.params[stage]]
+        star = next(t for t in figure.data if t.name.startswith("chosen (robust)"))
+        assert list(star.x) == [best.params[stage]] and "(rule: robust)" in figure.layout.title.text
         curves = val_curves_figure(pipeline, stage)
         assert list(curves.data[0].y) == pytest.approx([100 * v for v in best.user_attrs["val_history"]])
         history = history_figure(pipeline, stage)
@@ -90,3 +94,17 @@ def test_generation_bar_shows_acceptance(capsys):
     assert "synthetic set" in err and f"accept={source.stats.acceptance_rate:.2f}" in err
     source.fill(progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_the_key_figure_shows_the_smoothed_estimate_the_rule_chose_by(tmp_path):
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    pipeline = Pipeline.create_or_load(fixed_work_spec("smooth", 6), url)
+    StageLoop(pipeline, FixedWork(0.0), WorkerOptions(stages=("checkpoint",), poll=0.05)).run()
+    figure = stage_figure(pipeline, "checkpoint")
+    names = [t.name for t in figure.data]
+    assert "smoothed ± 1 sd" in names and "smoothed estimate (chooses)" in names
+    estimate = next(t for t in figure.data if t.name == "smoothed estimate (chooses)")
+    choice = pipeline.choice("checkpoint")
+    assert list(estimate.x) == [1, 2, 3, 4, 5, 6] and len(choice.observations) == 6
+    chosen = next(t for t in figure.data if t.name.startswith("chosen (robust)"))
+    assert list(chosen.x) == [choice.value] and list(chosen.y) == pytest.approx([max(estimate.y)])  # the estimate's top

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from gafi_opt.cli import main
 from gafi_opt.pipeline import Pipeline
+from gafi_opt.search.selection import late_epochs
 from gafi_opt.search.stages import STAGES
 
 
@@ -46,9 +47,39 @@ def test_each_stage_starts_from_the_best_of_the_one_before(tiny_pipeline):
         "threshold": best_threshold,
     }
     assert pipeline.stage_study("baseline").user_attrs["fixed"] == {"last_checkpoint": 3}
-    # The best is chosen on val: no complete trial of the stage has a higher val accuracy.
+    # The robust rule chooses on val, by the mean of the epochs after the last learning-rate drop
+    # (with two points there is nothing to smooth): no complete trial scores higher.
+    late = late_epochs(spec.cas.epochs, spec.cas.lr_milestones)
     complete = [t for t in pipeline.finished_trials("checkpoint") if t.state == TrialState.COMPLETE]
-    assert pipeline.best_trial("checkpoint").user_attrs["val_acc"] == max(t.user_attrs["val_acc"] for t in complete)
+    scores = {t.params["checkpoint"]: sum(t.user_attrs["val_history"][-late:]) / late for t in complete}
+    assert scores[best_checkpoint] == max(scores.values())
+    choice = pipeline.choice("checkpoint")
+    assert choice.rule == "robust" and choice.score == pytest.approx(scores[best_checkpoint])
+
+
+def test_the_paper_rule_takes_the_best_val_of_the_last_epoch(tiny_paper_pipeline):
+    spec, url = tiny_paper_pipeline
+    pipeline = Pipeline.load(url, spec.name)
+    for stage in ("checkpoint", "stddev", "threshold"):
+        complete = [t for t in pipeline.finished_trials(stage) if t.state == TrialState.COMPLETE]
+        assert pipeline.choice(stage).rule == "argmax"
+        assert pipeline.best_trial(stage).user_attrs["val_acc"] == max(t.user_attrs["val_acc"] for t in complete)
+
+
+def test_the_robust_rule_evaluates_the_previous_winner_afresh(tiny_pipeline):
+    # Each search stage trains with a seed of its own: stddev 1.0 and threshold 0.0 are trained again,
+    # not handed the previous stage's (lucky) best score.
+    spec, url = tiny_pipeline
+    pipeline = Pipeline.load(url, spec.name)
+    for index, (stage, point) in enumerate((("checkpoint", None), ("stddev", 1.0), ("threshold", 0.0))):
+        trials = pipeline.finished_trials(stage)
+        assert all("reused" not in t.user_attrs and t.user_attrs["classifier_epochs"] > 0 for t in trials)
+        assert all(f"seed {spec.seed + 1000 * (index + 1)}" in t.user_attrs["config"] for t in trials)
+        if point is not None:
+            assert [t for t in trials if t.params[stage] == point]
+    # The choice is frozen in the storage once the stage is complete.
+    frozen = pipeline.storage.get_study_system_attrs(pipeline.stage_study("stddev")._study_id)
+    assert json.loads(frozen["gafi:tas:choice"])["value"] == pipeline.best_value("stddev")
 
 
 def test_trials_record_what_they_trained_on(tiny_pipeline):
@@ -70,10 +101,10 @@ def test_trials_record_what_they_trained_on(tiny_pipeline):
     assert "filter threshold off" in pipeline.finished_trials("baseline")[0].user_attrs["config"]
 
 
-def test_points_that_repeat_the_previous_best_reuse_it_instead_of_training(tiny_pipeline):
+def test_under_the_paper_rule_points_that_repeat_the_previous_best_reuse_it(tiny_paper_pipeline):
     # The checkpoint stage trains with stddev 1 and threshold 0: stddev 1.0 repeats its best
     # trial, and threshold 0.0 repeats the stddev stage's best (same data, same seed).
-    spec, url = tiny_pipeline
+    spec, url = tiny_paper_pipeline
     pipeline = Pipeline.load(url, spec.name)
     for stage, point, earlier in (("stddev", 1.0, "checkpoint"), ("threshold", 0.0, "stddev")):
         source = pipeline.best_trial(earlier)
@@ -93,7 +124,7 @@ def test_export_json_matches_the_storage(tiny_pipeline):
     spec, url = tiny_pipeline
     result = CliRunner().invoke(main, ["export", "--storage", url, "--format", "json"])
     assert result.exit_code == 0, result.output
-    (row,) = json.loads(result.output)
+    (row,) = [r for r in json.loads(result.output) if r["pipeline"] == spec.name]
     for key in ("pipeline", "dataset", "checkpoint", "stddev", "threshold", "cas_val", "cas_test", "cas_test_std", "synthetic_baseline_test", "real_test"):
         assert key in row
     pipeline = Pipeline.load(url, spec.name)
@@ -104,17 +135,20 @@ def test_export_json_matches_the_storage(tiny_pipeline):
     assert row["real_test"] == pipeline.attrs()["real_test"]
     assert row["checkpoint"] == pipeline.best_value("checkpoint") and row["dataset"] == "digits"
     assert all(0.0 <= row[k] <= 1.0 for k in ("cas_val", "cas_test", "synthetic_baseline_test", "real_test"))
+    # Beside the final stage's fresh val: the search's best val (their difference is selection inflation).
+    searched = [t.user_attrs["val_acc"] for s in ("checkpoint", "stddev", "threshold") for t in pipeline.finished_trials(s) if t.state == TrialState.COMPLETE]
+    assert row["search_val"] == max(searched) and row["rule"] == "robust"
 
 
 def test_status_and_markdown_export(tiny_pipeline):
     spec, url = tiny_pipeline
-    status = CliRunner().invoke(main, ["status", "--storage", url])
+    status = CliRunner().invoke(main, ["status", "--storage", url, "--pipeline", spec.name])
     assert status.exit_code == 0, status.output
     assert f"pipeline {spec.name}: complete" in status.output
     assert "checkpoint " in status.output and "done" in status.output
     # Per stage: reused trials and classifier-epochs spent; the total matches the trials' own counts.
     lines = {line.split()[0]: line.split() for line in status.output.splitlines()[2:] if line.startswith("  ") and line.split()[0] in STAGES}
-    assert lines["stddev"][-2] == "1" and lines["threshold"][-2] == "1" and lines["checkpoint"][-2] == "0"
+    assert lines["stddev"][-2] == "0" and lines["threshold"][-2] == "0" and lines["checkpoint"][-2] == "0"  # robust: nothing reused
     pipeline = Pipeline.load(url, spec.name)
     spent = sum(t.user_attrs["classifier_epochs"] for stage in STAGES for t in pipeline.finished_trials(stage))
     assert f"classifier-epochs spent by finished trials: {spent} " in status.output

@@ -1,5 +1,6 @@
 """Training pieces: GAN resume, EMA, decoupled weight decay, the filter classifier, batch augmentation."""
 
+import pytest
 import torch
 from conftest import DIGITS, tiny_overrides
 from torch import nn
@@ -17,16 +18,18 @@ def spec_for(run_dir, *extra):
     return load_spec(DIGITS, tiny_overrides(run_dir) + list(extra))
 
 
-def test_generator_keeps_one_checkpoint_per_epoch_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("diffaug", [[], ["color", "translation", "cutout"]], ids=["plain", "diffaug"])
+def test_generator_keeps_one_checkpoint_per_epoch_and_resumes_exactly(tmp_path, diffaug):
+    extra = [f"generator.diffaug={diffaug}".replace("'", '"')]
     data = load_data(spec_for(tmp_path / "a").data)
-    straight = spec_for(tmp_path / "a", "generator.epochs=3")
+    straight = spec_for(tmp_path / "a", "generator.epochs=3", *extra)
     train_generator(straight, data, torch.device("cpu"), seed=1, progress=False)
     assert sorted(checkpoint_paths(straight)) == [1, 2, 3]
 
-    interrupted = spec_for(tmp_path / "b", "generator.epochs=2", "checkpoint.values=[1, 2]")
+    interrupted = spec_for(tmp_path / "b", "generator.epochs=2", "checkpoint.values=[1, 2]", *extra)
     train_generator(interrupted, data, torch.device("cpu"), seed=1, progress=False)
     first_two = {e: p.read_bytes() for e, p in checkpoint_paths(interrupted).items()}
-    resumed = spec_for(tmp_path / "b", "generator.epochs=3")
+    resumed = spec_for(tmp_path / "b", "generator.epochs=3", *extra)
     assert train_generator(resumed, data, torch.device("cpu"), seed=1, progress=False) == 3
     paths = checkpoint_paths(resumed)
     assert {e: paths[e].read_bytes() for e in (1, 2)} == first_two  # earlier epochs untouched
@@ -92,3 +95,17 @@ def test_batch_augmentations_keep_shapes_and_content():
     assert holes.shape == (16, 3, 8, 8)
     blanked = (holes == 0).all(1).sum((1, 2))
     assert (blanked <= 16).all() and (blanked >= 4).all()
+
+
+def test_diffaugment_is_differentiable_and_random_per_image():
+    from gafi_opt.data.augment import diff_augment
+
+    torch.manual_seed(0)
+    x = (torch.rand(16, 1, 8, 8) * 2 - 1).requires_grad_()
+    y = diff_augment(x, ("color", "translation", "cutout"))
+    assert y.shape == x.shape
+    y.sum().backward()  # gradients reach the generator through every operation
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    x_same = torch.zeros(16, 1, 8, 8)
+    out = diff_augment(x_same, ("color", "translation", "cutout"))
+    assert len({tuple(image.flatten().tolist()) for image in out}) == 16  # equal inputs, 16 different draws

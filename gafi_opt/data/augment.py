@@ -1,7 +1,10 @@
-"""Augmentation of whole batches on the training device: flip, pad-and-crop, cutout.
+"""Augmentation of whole batches on the training device: flip, pad-and-crop, cutout; and DiffAugment.
 
 Images arrive normalised to [-1, 1]; padding uses -1 (black, like the zero padding of
-the images themselves) and cutout uses 0 (the mid-grey of the value range).
+the images themselves) and cutout uses 0 (the mid-grey of the value range). Every operation is
+differentiable in the images, so the same code serves DiffAugment (Zhao et al., NeurIPS 2020):
+a GAN trained on little data augments its real and its generated images alike before the
+discriminator sees them, so the discriminator cannot memorise the few real ones.
 """
 
 from __future__ import annotations
@@ -47,4 +50,24 @@ def augment(x: torch.Tensor, ops: tuple[str, ...], crop_padding: int, cutout_siz
         x = random_crop(x, crop_padding, gen)
     if "cutout" in ops and cutout_size > 0:
         x = cutout(x, cutout_size, gen)
+    return x
+
+
+def diff_augment(x: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
+    """DiffAugment's policy on a batch in [-1, 1]: random brightness, saturation and contrast (color),
+    a shift of up to 1/8 of the side (translation), and a square of half the side blanked (cutout).
+    Draws from torch's global generator, so a resumed GAN run repeats them exactly."""
+    if "color" in ops:
+        n = x.shape[0]
+        x = x + (torch.rand(n, 1, 1, 1, device=x.device) - 0.5)
+        if x.shape[1] > 1:
+            mean = x.mean(dim=1, keepdim=True)
+            x = (x - mean) * (torch.rand(n, 1, 1, 1, device=x.device) * 2) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (torch.rand(n, 1, 1, 1, device=x.device) + 0.5) + mean
+    side = x.shape[-1]
+    if "translation" in ops:
+        x = random_crop(x, max(1, side // 8))
+    if "cutout" in ops:
+        x = cutout(x, max(1, side // 2))
     return x

@@ -12,6 +12,7 @@ slot; should it die half-way, the others complete the layout after a grace perio
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import warnings
 
@@ -23,15 +24,17 @@ from gafi_opt.pipeline.loop import READY_WAIT_S
 from gafi_opt.search.pruners import make_pruner
 from gafi_opt.search.reuse import same_recipe
 from gafi_opt.search.samplers import make_sampler
+from gafi_opt.search.selection import Choice, choose, late_epochs
 from gafi_opt.search.stages import SEARCH_STAGES, SEARCHED, STAGES, TrialConfig, grid, slot_params, suggest, trial_config
 from gafi_opt.spec import Spec
 from gafi_opt.stats import mean_sd
-from gafi_opt.storages import open_storage, redact, slots, storage_name
+from gafi_opt.storages import TAS_PREFIX, open_storage, redact, set_once, slots, storage_name
 
 SPEC_ATTR = "gafi_spec"
 FORMAT_ATTR = "gafi_storage_format"  # what this gafi-opt writes; a pipeline without it was written by 0.1
 STORAGE_FORMAT = 2
 READS_SINCE = "0.2.0"  # the first gafi-opt version that wrote STORAGE_FORMAT
+CHOICE_ATTR = TAS_PREFIX + "choice"  # stage study system attr: the frozen Choice, as JSON
 REAL_ONLY_PREFIX = "real_only_seed_"  # root attr per seed of the real-only baseline (gafi_opt.train.real_only)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -230,16 +233,34 @@ class Pipeline:
                 return stage
         return None
 
-    def best_trial(self, stage: str) -> optuna.trial.FrozenTrial:
-        """The best complete trial: by val CAS, or by test accuracy under paper selection."""
-        complete = [t for t in self.finished_trials(stage) if t.state == TrialState.COMPLETE]
-        if not complete:
-            raise GafiError(f"stage {stage} of pipeline {self.name!r} has no complete trial")
+    def choice(self, stage: str) -> Choice:
+        """What the stage's selection rule chose (gafi_opt.search.selection), and what it saw.
+
+        Computed from the finished trials; once the stage is complete, frozen in the stage study
+        (first writer wins), so every worker, export and figure sees the same value on any machine.
+        """
+        study = self.stage_study(stage)
+        frozen = None if study is None else self.storage.get_study_system_attrs(study._study_id).get(CHOICE_ATTR)
+        if frozen is not None:
+            return Choice.from_json(json.loads(frozen))
+        trials = [] if study is None else study.get_trials(deepcopy=False, states=FINISHED)
         key = "test_acc" if self.spec.selection == "test" else "val_acc"
-        return max(complete, key=lambda t: (t.user_attrs.get(key, t.value), -t.number))
+        rule = self.spec.stage(stage).rule if stage in SEARCH_STAGES else "argmax"
+        made = choose(rule, trials, SEARCHED[stage], grid(self.spec, stage), key, late_epochs(self.spec.cas.epochs, self.spec.cas.lr_milestones))
+        if made is None:
+            raise GafiError(f"stage {stage} of pipeline {self.name!r} has no complete trial")
+        if stage in SEARCH_STAGES and self.stage_complete(stage):
+            set_once(self.storage, study._study_id, CHOICE_ATTR, json.dumps(made.to_json()))
+            return Choice.from_json(json.loads(self.storage.get_study_system_attrs(study._study_id)[CHOICE_ATTR]))
+        return made
+
+    def best_trial(self, stage: str) -> optuna.trial.FrozenTrial:
+        """The complete trial standing for the stage's choice (its best score at the chosen value)."""
+        number = self.choice(stage).trial
+        return next(t for t in self.finished_trials(stage) if t.number == number)
 
     def best_value(self, stage: str):
-        return self.best_trial(stage).params[SEARCHED[stage]]
+        return self.choice(stage).value
 
     def trial_to_reuse(self, stage: str, config: TrialConfig, fixed: dict) -> tuple[optuna.trial.FrozenTrial, str] | None:
         """An earlier search stage's best trial with the same data recipe as `config`, and its name.

@@ -25,6 +25,7 @@ from gafi_opt.pipeline import Pipeline, TrialHooks, pipeline_names
 from gafi_opt.report.artifacts import artifact_dir, copy_sample_grid, register_artifact_dir, store_for_dirs, upload_sample_grid
 from gafi_opt.report.figures import stage_figure
 from gafi_opt.report.formats import markdown_table
+from gafi_opt.report.health import stage_warnings
 from gafi_opt.report.rows import summary_row
 from gafi_opt.search.stages import TrialConfig
 from gafi_opt.storages import open_storage
@@ -99,7 +100,8 @@ def publish_stage(pipeline, stage: str) -> None:
             optuna_dashboard.save_plotly_graph_object(study, figure, graph_object_id=STAGE_FIGURE_ID)
         if pipeline.stage_complete(stage):
             table = markdown_table([summary_row(pipeline)])
-            optuna_dashboard.save_note(pipeline.root, f"## {pipeline.name}\n\nBest hyperparameters so far (accuracies on real test data):\n\n{table}\n")
+            warnings = "".join(f"\n> **{line}**\n" for line in stage_warnings(pipeline))
+            optuna_dashboard.save_note(pipeline.root, f"## {pipeline.name}\n\nBest hyperparameters so far (accuracies on real test data):\n\n{table}\n{warnings}")
     except (OSError, GafiError, optuna.exceptions.OptunaError) as exc:
         log.warning("could not publish stage %s of %s to the dashboard: %s", stage, pipeline.name, exc)
 

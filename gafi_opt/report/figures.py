@@ -1,8 +1,9 @@
 """Plotly figures of a pipeline: what each stage found, how its best trials learned, how the search went.
 
-- `stage_figure`: the stage's key figure. For the searched stages, val CAS against the
-  checkpoint, stddev or threshold (pruned trials at their last reported epoch, test
-  accuracy beside it, the chosen point starred); for the baseline and final stages,
+- `stage_figure`: the stage's key figure. For the searched stages, what the selection rule saw:
+  each trial's score against the checkpoint, stddev or threshold, the robust rule's smoothed
+  estimate with its band, pruned trials at their last reported epoch, test accuracy beside it
+  (never used to choose, except in paper mode) and the chosen point starred; for the baseline and final stages,
   the per-epoch val curves of every seed.
 - `val_curves_figure`: per-epoch val accuracy (the `val_history` user attr) of the best trials.
 - `history_figure`: Optuna's optimisation history of the stage study.
@@ -20,6 +21,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from gafi_opt.errors import GafiError
+from gafi_opt.search.selection import LATE_RULES
 from gafi_opt.search.stages import SEARCHED, STAGES
 
 SEED_STAGES = ("baseline", "final")
@@ -40,9 +42,9 @@ def _trial_val(trial: optuna.trial.FrozenTrial) -> float | None:
     return None
 
 
-def _best(pipeline, stage: str) -> optuna.trial.FrozenTrial | None:
+def _choice(pipeline, stage: str):
     try:
-        return pipeline.best_trial(stage)
+        return pipeline.choice(stage)
     except GafiError:
         return None
 
@@ -58,20 +60,33 @@ def stage_figure(pipeline, stage: str) -> go.Figure | None:
 
 
 def _cas_against_param(pipeline, stage: str, trials) -> go.Figure:
+    """What the stage's rule saw: the raw scores, its estimate (robust: the smoothed mean ± sd), the choice."""
     param = SEARCHED[stage]
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.params[param])
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and _trial_val(t) is not None]
+    choice = _choice(pipeline, stage)
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=[t.params[param] for t in complete],
-            y=[_pct(t.value) for t in complete],
-            mode="lines+markers",
-            name="val CAS",
-            customdata=[t.number for t in complete],
-            hovertemplate=f"{param} %{{x}}<br>val CAS %{{y:.2f}}%<br>trial %{{customdata}}<extra></extra>",
+    if choice is not None and choice.estimate:
+        xs = [e["value"] for e in choice.estimate]
+        upper = [_pct(e["mean"] + e["sd"]) for e in choice.estimate]
+        lower = [_pct(e["mean"] - e["sd"]) for e in choice.estimate]
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=upper + lower[::-1], fill="toself", mode="lines", line={"width": 0},
+                                 fillcolor="rgba(31,119,180,0.15)", name="smoothed ± 1 sd", hoverinfo="skip"))  # fmt: skip
+        fig.add_trace(go.Scatter(x=xs, y=[_pct(e["mean"]) for e in choice.estimate], mode="lines", name="smoothed estimate (chooses)",
+                                 line={"color": "rgb(31,119,180)"}))  # fmt: skip
+    seen = [o for o in choice.observations if not o.pruned] if choice is not None else []
+    score_name = "val CAS, mean of the last epochs" if choice is not None and choice.rule in LATE_RULES else "val CAS"
+    if seen:
+        fig.add_trace(
+            go.Scatter(
+                x=[o.value for o in seen],
+                y=[_pct(o.score) for o in seen],
+                mode="markers" if choice.estimate else "lines+markers",
+                name=score_name + (" (raw: one seed per point)" if choice.estimate else ""),
+                marker={"color": "rgb(31,119,180)", "size": 8},
+                customdata=[o.trial for o in seen],
+                hovertemplate=f"{param} %{{x}}<br>score %{{y:.2f}}%<br>trial %{{customdata}}<extra></extra>",
+            )
         )
-    )
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.params[param])
     tested = [t for t in complete if t.user_attrs.get("test_acc") is not None]
     fig.add_trace(
         go.Scatter(
@@ -83,6 +98,7 @@ def _cas_against_param(pipeline, stage: str, trials) -> go.Figure:
             opacity=0.7,
         )
     )
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and _trial_val(t) is not None]
     if pruned:
         fig.add_trace(
             go.Scatter(
@@ -95,22 +111,20 @@ def _cas_against_param(pipeline, stage: str, trials) -> go.Figure:
                 hovertemplate=f"{param} %{{x}}<br>val %{{y:.2f}}% at epoch %{{customdata[1]}}<br>trial %{{customdata[0]}}<extra></extra>",
             )
         )
-    best = _best(pipeline, stage)
-    if best is not None:
+    if choice is not None:
+        label = f"chosen ({choice.rule}): {param} {choice.value:g}"
         fig.add_trace(
             go.Scatter(
-                x=[best.params[param]],
-                y=[_pct(best.value)],
+                x=[choice.value],
+                y=[_pct(choice.score)],
                 mode="markers",
-                name=f"best: {param} {best.params[param]:g}",
+                name=label,
                 marker={"symbol": "star", "size": 18, "color": "crimson", "line": {"width": 1, "color": "black"}},
             )
         )
-        fig.add_annotation(
-            x=best.params[param], y=_pct(best.value), text=f"best {best.params[param]:g}: {_pct(best.value):.2f}%", showarrow=True, arrowhead=2, ay=-35
-        )
+        fig.add_annotation(x=choice.value, y=_pct(choice.score), text=f"chosen {choice.value:g}: {_pct(choice.score):.2f}%", showarrow=True, arrowhead=2, ay=-35)
     fig.update_layout(
-        title=f"{pipeline.name} / {stage}: CAS against {param}",
+        title=f"{pipeline.name} / {stage}: CAS against {param} (rule: {choice.rule if choice else pipeline.spec.stage(stage).rule})",
         xaxis_title=AXIS_TITLES[stage],
         yaxis_title="accuracy on real data (%)",
         legend={"orientation": "h", "y": -0.2},

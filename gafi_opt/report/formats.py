@@ -26,7 +26,7 @@ def format_rows(rows: list[dict], fmt: str) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    headers = ["pipeline", "dataset", "mode", "real fraction", "ratio", "checkpoint", "stddev", "threshold", "CAS val", "CAS test", "synthetic baseline", "real", "real-only", "gap closed", "gap left"]
+    headers = ["pipeline", "dataset", "mode", "real fraction", "ratio", "checkpoint", "stddev", "threshold", "CAS val", "search best val", "CAS test", "synthetic baseline", "real", "real-only", "gap closed", "gap left"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cas = _pct(row["cas_test"]) + (f" ± {_pct(row['cas_test_std'])}" if row["cas_test_std"] is not None else "")
@@ -42,6 +42,7 @@ def markdown_table(rows: list[dict]) -> str:
             _plain(row["stddev"]),
             _plain(row["threshold"]),
             _pct(row["cas_val"]),
+            _pct(row.get("search_val")),
             cas,
             _pct(row["synthetic_baseline_test"]),
             _pct(row["real_test"]),

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.pipeline.multigen import ATTR, check_study, finished_trials, multigen_studies
-from gafi_opt.search.stages import SEARCHED, STAGES
+from gafi_opt.search.stages import SEARCH_STAGES, SEARCHED, STAGES
 from gafi_opt.stats import mean_sd
 from gafi_opt.storages import open_storage
 
@@ -22,6 +22,7 @@ EXPORT_KEYS = (
     "stddev",
     "threshold",
     "cas_val",
+    "search_val",
     "cas_test",
     "cas_test_std",
     "seeds",
@@ -32,6 +33,7 @@ EXPORT_KEYS = (
     "gap_closed",
     "remaining_gap",
     "selection",
+    "rule",
 )
 
 
@@ -40,9 +42,15 @@ def summary_row(pipeline: Pipeline) -> dict:
     attrs = pipeline.attrs()
     row = {key: None for key in EXPORT_KEYS}
     row.update(pipeline=pipeline.name, dataset=attrs.get("dataset", pipeline.spec.data.source), selection=pipeline.spec.selection)
-    for stage in ("checkpoint", "stddev", "threshold"):
+    searched = []
+    for stage in SEARCH_STAGES:
         if pipeline.stage_complete(stage):
             row[SEARCHED[stage]] = pipeline.best_value(stage)
+        searched += [t.user_attrs["val_acc"] for t in pipeline.finished_trials(stage) if t.state == TrialState.COMPLETE]
+    # The search's best val beside the final stage's fresh one (cas_val): their difference is selection inflation.
+    row["search_val"] = max(searched, default=None)
+    rules = sorted({pipeline.spec.stage(stage).rule for stage in SEARCH_STAGES})
+    row["rule"] = rules[0] if len(rules) == 1 else "+".join(rules)
     final = pipeline.seed_summary("final")
     if final:
         row.update(cas_val=final["val"], cas_test=final["test"], cas_test_std=final["test_std"], seeds=final["seeds"])

@@ -16,6 +16,7 @@ import optuna
 from gafi_opt.spec import Spec, StageSpec
 
 STAGES = ("baseline", "checkpoint", "stddev", "threshold", "final")
+SEARCH_SEED_STRIDE = 1000  # robust rule: search stage k trains with seed spec.seed + 1000 * (k + 1), apart from the final seeds
 SEARCH_STAGES = ("checkpoint", "stddev", "threshold")  # in order: each fixes its best value for the next
 SEARCHED = {"baseline": "seed", "checkpoint": "checkpoint", "stddev": "stddev", "threshold": "threshold", "final": "seed"}
 NO_FILTER = None
@@ -98,13 +99,46 @@ def trial_config(stage: str, value, fixed: dict, spec: Spec) -> TrialConfig:
     recycle = stage_spec(spec, stage).recycle_every
     if stage == "baseline":
         return TrialConfig(stage, fixed["last_checkpoint"], 1.0, NO_FILTER, 0, int(value))
+    seed = search_seed(spec, stage) if stage in SEARCH_STAGES else int(value)
     if stage == "checkpoint":
-        return TrialConfig(stage, int(value), 1.0, 0.0, recycle, spec.seed)
+        return TrialConfig(stage, int(value), 1.0, 0.0, recycle, seed)
     if stage == "stddev":
-        return TrialConfig(stage, fixed["checkpoint"], float(value), 0.0, recycle, spec.seed)
+        return TrialConfig(stage, fixed["checkpoint"], float(value), 0.0, recycle, seed)
     if stage == "threshold":
-        return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], float(value), recycle, spec.seed)
-    return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], fixed["threshold"], recycle, int(value))
+        return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], float(value), recycle, seed)
+    return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], fixed["threshold"], recycle, seed)
+
+
+def search_seed(spec: Spec, stage: str) -> int:
+    """The seed every trial of a search stage trains with (common random numbers within the stage).
+
+    argmax (the paper): the spec's seed in every stage, so the previous stage's winner recurs as a point
+    of the next stage and is reused with its (lucky) score. robust: a seed of the stage's own, so that
+    point is trained afresh and competes on equal terms.
+    """
+    if spec.stage(stage).rule == "argmax":
+        return spec.seed
+    return spec.seed + SEARCH_SEED_STRIDE * (SEARCH_STAGES.index(stage) + 1)
+
+
+def spread_order(n: int) -> list[int]:
+    """Grid indices in the order that spreads the first trials over the whole range: the last point, the
+    first, the middle, then the middles of the halves, and so on.
+
+    A median pruner compares each trial with the trials before it. In grid order a rising curve (later
+    checkpoints, stronger filters) puts every trial above the median of the ones before, so nothing is
+    ever pruned; spread out, the first trials sample the whole curve and the pruner cuts the lower half.
+    """
+    if n <= 2:
+        return list(range(n))[::-1]
+    order, intervals = [n - 1, 0], [(0, n - 1)]
+    while intervals:
+        low, high = intervals.pop(0)
+        middle = (low + high) // 2
+        if low < middle < high:
+            order.append(middle)
+            intervals += [(low, middle), (middle, high)]
+    return order + [i for i in range(n) if i not in order]
 
 
 def _common_step(values: list) -> float | None:
@@ -114,10 +148,13 @@ def _common_step(values: list) -> float | None:
 
 
 def slot_params(spec: Spec, stage: str) -> list[dict]:
-    """One entry per slot of the stage: a grid point's fixed value, or {} for each trial of a budgeted search
-    (whose first slot may be fixed: budgeted_start)."""
-    if is_grid(spec, stage):
+    """One entry per slot of the stage, in the order a worker takes them: a grid point's fixed value, or {}
+    for each trial of a budgeted search (whose first slot may be fixed: budgeted_start)."""
+    if stage in ("baseline", "final"):
         return [{SEARCHED[stage]: value} for value in grid(spec, stage)]
+    if is_grid(spec, stage):
+        values = grid(spec, stage)
+        return [{SEARCHED[stage]: values[i]} for i in spread_order(len(values))]
     slots = [{} for _ in range(trial_budget(spec, stage))]
     start = budgeted_start(spec, stage)
     if start is not None:

@@ -32,6 +32,10 @@ class MultiSource:
         parts = [s.stats for s in self.sources]
         return SynthesisStats(*(sum(getattr(p, key) for p in parts) for key in ("generated", "accepted", "fallback")))
 
+    @property
+    def filled(self) -> int:
+        return sum(s.filled for s in self.sources)
+
     def fill(self, progress: bool = False) -> None:
         for source in self.sources:
             source.fill(progress=progress)

@@ -99,6 +99,7 @@ class SyntheticSource:
         self.labels = torch.arange(num_classes, device=self.device).repeat_interleave(per_class)
         self._store: torch.Tensor | None = None  # len + 1 rows: the last one takes writes that go nowhere
         self.stats = SynthesisStats.zeros(num_classes, self.device)
+        self.filled = 0  # slots (re)generated so far, fallback ones included
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -124,6 +125,7 @@ class SyntheticSource:
 
     @torch.inference_mode()
     def _generate_slots(self, slots: torch.Tensor, bar: tqdm | None = None) -> None:
+        self.filled += slots.numel()
         if self._store is None:
             c, h, w = self.image_shape
             self._store = torch.zeros((len(self) + 1, c, h, w), dtype=torch.uint8, device=self.device)

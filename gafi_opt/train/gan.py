@@ -1,4 +1,5 @@
-"""Conditional GAN training: hinge loss, Adam, several D steps per G step, EMA generator.
+"""Conditional GAN training: hinge loss, Adam, several D steps per G step, EMA generator, and
+optionally DiffAugment (generator.diffaug) for small training sets.
 
 After every epoch the EMA generator's weights are saved as that epoch's checkpoint, and
 the whole training state (both networks, EMA, optimisers, RNG) as `state.pt`, so an
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gafi_opt.data import RealData, to_float
+from gafi_opt.data.augment import diff_augment
 from gafi_opt.data.fingerprint import bind_run_data
 from gafi_opt.errors import GafiError
 from gafi_opt.models import build_discriminator, build_generator
@@ -71,11 +73,11 @@ def train_generator(spec: Spec, data: RealData, device: torch.device, seed: int 
         d_losses, g_losses = [], []
         for start in range(0, n - batch + 1, batch):
             idx = order[start : start + batch]
-            d_losses.append(_discriminator_step(generator, discriminator, opt_d, to_float(images[idx]), labels[idx]))
+            d_losses.append(_discriminator_step(generator, discriminator, opt_d, to_float(images[idx]), labels[idx], gspec.diffaug))
             d_step += 1
             # Counted across epochs: a small (data-scarce) train set may give fewer batches per epoch than d_steps.
             if d_step % gspec.d_steps == 0:
-                g_losses.append(_generator_step(generator, discriminator, opt_g, batch, data.num_classes, device))
+                g_losses.append(_generator_step(generator, discriminator, opt_g, batch, data.num_classes, device, gspec.diffaug))
                 step += 1
                 ema_update(ema, generator, gspec.ema_decay if step > gspec.ema_start else 0.0)
         atomic_save(ema.state_dict(), out / f"epoch_{epoch:04d}.pt")
@@ -99,10 +101,12 @@ def train_generator(spec: Spec, data: RealData, device: torch.device, seed: int 
     return gspec.epochs
 
 
-def _discriminator_step(generator, discriminator, opt_d, real, labels) -> float:
+def _discriminator_step(generator, discriminator, opt_d, real, labels, diffaug=()) -> float:
     with torch.no_grad():
         z = torch.randn(real.shape[0], generator.latent_dim, device=real.device)
         fake = generator(z, labels)
+    if diffaug:
+        real, fake = diff_augment(real, diffaug), diff_augment(fake, diffaug)
     loss = F.relu(1.0 - discriminator(real, labels)).mean() + F.relu(1.0 + discriminator(fake, labels)).mean()
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
@@ -110,10 +114,11 @@ def _discriminator_step(generator, discriminator, opt_d, real, labels) -> float:
     return loss.item()
 
 
-def _generator_step(generator, discriminator, opt_g, batch, num_classes, device) -> float:
+def _generator_step(generator, discriminator, opt_g, batch, num_classes, device, diffaug=()) -> float:
     z = torch.randn(batch, generator.latent_dim, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    loss = -discriminator(generator(z, y), y).mean()
+    fake = generator(z, y)
+    loss = -discriminator(diff_augment(fake, diffaug) if diffaug else fake, y).mean()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
