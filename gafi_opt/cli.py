@@ -6,6 +6,7 @@ the storage the moment they finish, so an error or Ctrl-C never loses them.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -65,6 +66,13 @@ class GafiGroup(click.Group):
             sys.exit(2)
 
 
+class _StderrLines(logging.Handler):
+    """The library's warnings (a lost worker found, a storage outage waited out) as `gafi-opt: ...` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"gafi-opt: {record.getMessage()}", err=True)
+
+
 def _progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
@@ -116,6 +124,9 @@ def main():
     Start with:  gafi-opt run studies/digits.toml
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    library_log = logging.getLogger("gafi_opt")
+    if not any(isinstance(handler, _StderrLines) for handler in library_log.handlers):
+        library_log.addHandler(_StderrLines(logging.WARNING))
 
 
 @main.command("train-classifier")
@@ -171,12 +182,33 @@ grace_option = click.option(
 )
 
 
-def _worker_options(heartbeat_interval: int, grace_period: int):
+outage_option = click.option(
+    "--storage-outage",
+    type=click.IntRange(min=0),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for a database that stops answering (a restart, a network blip) before giving up with "
+    "exit status 2; a trained trial's result is kept until the database takes it.",
+)
+
+
+def _worker_options(heartbeat_interval: int, grace_period: int, storage_outage: int):
     from gafi_opt.pipeline import WorkerOptions
 
     if grace_period < 2 * heartbeat_interval:
         raise GafiError(f"--grace-period ({grace_period}) must be at least twice --heartbeat-interval ({heartbeat_interval})")
-    return WorkerOptions(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    return WorkerOptions(heartbeat_interval=heartbeat_interval, grace_period=grace_period, storage_outage=storage_outage)
+
+
+def _open_for_work(url: str, options, must_exist: bool = False):
+    """The storage, opened once, waiting out database outages as long as the worker options say."""
+    from gafi_opt.storages import open_storage
+    from gafi_opt.storages.outage import set_outage_limit
+
+    storage = open_storage(url, must_exist=must_exist)
+    set_outage_limit(storage, options.storage_outage)
+    return storage
 
 
 @main.command("run")
@@ -201,8 +233,9 @@ def _worker_options(heartbeat_interval: int, grace_period: int):
 @threads_option
 @heartbeat_option
 @grace_option
+@outage_option
 @quiet_option
-def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, workers, threads, heartbeat_interval, grace_period, quiet):
+def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, workers, threads, heartbeat_interval, grace_period, storage_outage, quiet):
     """Run the whole pipeline of STUDY on this machine, skipping what is already done.
 
     Trains the filter classifier and the generator if needed, runs the checkpoint,
@@ -216,14 +249,13 @@ def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, 
     from gafi_opt.report.health import stage_warnings
     from gafi_opt.report.progress import StageProgress
     from gafi_opt.runner import run_pipeline
-    from gafi_opt.storages import open_storage
 
-    options = _worker_options(heartbeat_interval, grace_period)
     from gafi_opt.spec import PAPER_SELECTION
 
+    options = _worker_options(heartbeat_interval, grace_period, storage_outage)
     spec = _spec(study_file, overrides + (tuple(PAPER_SELECTION) if paper_selection else ()))
     _set_threads(threads)
-    opened = open_storage(storage or spec.storage_url)
+    opened = _open_for_work(storage or spec.storage_url, options)
     register_artifact_dir(Pipeline.create_or_load(spec, opened), artifacts)
     stage_line = StageProgress(_progress(quiet))
     pipeline = run_pipeline(
@@ -246,6 +278,7 @@ def _note(line: str) -> None:
 @threads_option
 @heartbeat_option
 @grace_option
+@outage_option
 @click.option(
     "--wait-prepared",
     type=click.FloatRange(min=0),
@@ -253,7 +286,7 @@ def _note(line: str) -> None:
     help="Seconds to wait for `gafi-opt run` to prepare the pipeline (train its models). Default: as long as it takes; 0: fail at once.",
 )
 @quiet_option
-def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period, wait_prepared, quiet):
+def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period, storage_outage, wait_prepared, quiet):
     """Join pipeline NAME in STORAGE and run its trials until it is complete (exit 0).
 
     Any number of workers, on any number of machines, may join one pipeline: each grid
@@ -270,10 +303,10 @@ def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period,
     from gafi_opt.pipeline import Pipeline
     from gafi_opt.report.progress import StageProgress
     from gafi_opt.runner import wait_until_prepared, work
-    from gafi_opt.storages import open_storage, redact
+    from gafi_opt.storages import redact
 
-    options = _worker_options(heartbeat_interval, grace_period)
-    pipeline = Pipeline.load(open_storage(storage, must_exist=True), name)
+    options = _worker_options(heartbeat_interval, grace_period, storage_outage)
+    pipeline = Pipeline.load(_open_for_work(storage, options, must_exist=True), name)
     resolved = resolve_device(device or pipeline.spec.device)
     _set_threads(threads)
     wait_until_prepared(pipeline, wait_prepared, None if quiet else _note)
@@ -509,8 +542,9 @@ def scarce_cmd(study_file, fractions, seeds, budget, storage, overrides, device,
 @threads_option
 @heartbeat_option
 @grace_option
+@outage_option
 @quiet_option
-def multigen_cmd(storage, pipelines, seeds, device, threads, heartbeat_interval, grace_period, quiet):
+def multigen_cmd(storage, pipelines, seeds, device, threads, heartbeat_interval, grace_period, storage_outage, quiet):
     """Train the final classifier on a set drawn from several finished pipelines' generators.
 
     Each generator is used at its own best checkpoint, stddev and threshold (with its own
@@ -525,11 +559,10 @@ def multigen_cmd(storage, pipelines, seeds, device, threads, heartbeat_interval,
     from gafi_opt.models.device import resolve_device
     from gafi_opt.report import format_rows, multigen_rows
     from gafi_opt.report.dashboard import DashboardHooks
-    from gafi_opt.storages import open_storage
 
-    options = _worker_options(heartbeat_interval, grace_period)
+    options = _worker_options(heartbeat_interval, grace_period, storage_outage)
     _set_threads(threads)
-    opened = open_storage(storage, must_exist=True)
+    opened = _open_for_work(storage, options, must_exist=True)
     names = [name.strip() for name in pipelines.split(",") if name.strip()]
     plan, _ = run_multigen(
         opened, names, seeds, resolve_device(device) if device else None, progress=_progress(quiet), options=options, hooks=DashboardHooks()

@@ -41,6 +41,7 @@ from gafi_opt.report.dashboard import DashboardHooks
 from gafi_opt.search.stages import STAGES
 from gafi_opt.spec import Spec
 from gafi_opt.storages import open_storage
+from gafi_opt.storages.outage import set_outage_limit
 from gafi_opt.train.gan import train_generator
 from gafi_opt.train.real import filter_path, train_real_classifier
 from gafi_opt.train.real_only import train_real_only
@@ -66,14 +67,16 @@ def run_pipeline(
     `storage` is an opened storage (gafi_opt.storages.open_storage) or a URL; default: the spec's.
     `reporter(pipeline, stage)` is called after each trial (the CLI's progress line).
     """
+    options = options or WorkerOptions()
     storage = open_storage(storage or spec.storage_url)
+    set_outage_limit(storage, options.storage_outage)  # preparing rides out a database outage as the trials do
     pipeline = Pipeline.create_or_load(spec, storage)
     device = resolve_device(device) if isinstance(device, str) else device
     prepare_once(pipeline, device, progress, log)
     if workers <= 1:
         work(pipeline, device, progress=progress, reporter=reporter, options=options)
     else:
-        run_processes(pipeline, worker_plan(workers, str(device), threads), options or WorkerOptions(), reporter, log)
+        run_processes(pipeline, worker_plan(workers, str(device), threads), options, reporter, log)
     return pipeline
 
 
@@ -188,7 +191,7 @@ def run_processes(pipeline: Pipeline, plan: list[dict], options: WorkerOptions, 
         command = [
             sys.executable, "-m", "gafi_opt.cli", "worker", "--pipeline", pipeline.name, "--device", entry["device"],
             "--heartbeat-interval", str(int(options.heartbeat_interval)), "--grace-period", str(int(options.grace_period)),
-            "--wait-prepared", "0", "--quiet",
+            "--storage-outage", str(int(options.storage_outage)), "--wait-prepared", "0", "--quiet",
         ]  # fmt: skip
         if entry["threads"]:
             command += ["--threads", str(entry["threads"])]

@@ -104,7 +104,11 @@ def postgres_url():
     try:
         yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        try:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except psycopg.OperationalError:  # a test restarted the server: this connection went with it
+            with psycopg.connect(host=host, port=int(port), user=user, dbname=dbname, autocommit=True, connect_timeout=5) as again:
+                again.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
 
 

@@ -13,6 +13,9 @@ Any number of these loops, in any number of processes and machines, can work on 
 - SIGTERM and SIGINT (Ctrl-C) stop the loop between storage operations: the trial in hand is
   marked FAIL with the reason, its slot re-queued, and `Interrupted` raised (a second signal
   stops at once, leaving the trial to the heartbeat sweep);
+- an unreachable database is waited for (`storage_outage` seconds), keeping the trial in hand and its
+  result; a storage lost for good (unreachable for longer, or its file deleted or replaced) stops the
+  loop at once with `StorageLost`, leaving the trial RUNNING for the heartbeat sweep of the next worker;
 - the loop ends when every stage it works on is complete.
 """
 
@@ -29,11 +32,12 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from gafi_opt.errors import GafiError, one_line
+from gafi_opt.errors import GafiError, StorageLost, one_line
 from gafi_opt.pipeline.signals import Interrupted, SignalGuard
 from gafi_opt.search.stages import TrialConfig
 from gafi_opt.storages import heartbeat, slots
 from gafi_opt.storages.heartbeat import DEFAULT_GRACE, DEFAULT_INTERVAL, Heartbeat, StaleDetector
+from gafi_opt.storages.outage import DEFAULT_OUTAGE_S, set_outage_limit
 
 READY_WAIT_S = 60.0  # how long a stage may stay half-created before other workers complete it
 
@@ -78,6 +82,7 @@ class WorkerOptions:
     poll: float = 1.0  # seconds between sweeps while other workers hold the last trials
     ready_wait: float = READY_WAIT_S
     stages: tuple[str, ...] | None = None  # None: every stage of the plan
+    storage_outage: float = DEFAULT_OUTAGE_S  # seconds to wait for an unreachable database
 
 
 @dataclass
@@ -108,6 +113,7 @@ class StageLoop:
         """Work until every stage in `options.stages` (default: the plan's) is complete."""
         stages = self.options.stages or self.plan.stages
         heartbeat.configure(self.storage, self.options.heartbeat_interval, self.options.grace_period)
+        set_outage_limit(self.storage, self.options.storage_outage)
         with self.guard:
             while True:
                 with self.guard.interruptible():
@@ -180,6 +186,8 @@ class StageLoop:
                 self._give_back(study, layout, claimed, f"interrupted by {exc.signal_name}")
                 exc.trial_note = f"{name} marked failed and re-queued"
                 raise
+            except StorageLost:
+                raise  # nothing can be written: the trial stays RUNNING, and the next worker's sweep re-queues it
             except BaseException as exc:
                 detail = one_line(exc)
                 # A user's problem (a missing file, a bad checkpoint) is fixed and run again: it does not

@@ -1,4 +1,5 @@
-"""Optuna's journal file, its appends and gafi-opt's insert-if-absent attrs serialised by flock."""
+"""Optuna's journal file, its appends and gafi-opt's insert-if-absent attrs serialised by flock; every
+read and append first checks that the file is still the one opened (gafi_opt.storages.identity)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import threading
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 
 from gafi_opt.storages.atomic import TAS_PREFIX
 from gafi_opt.storages.guard import guard_storage_class
+from gafi_opt.storages.identity import FileIdentity
 
 
 def open_journal(url: str) -> "SafeJournalStorage":
@@ -30,11 +33,9 @@ class SafeJournalStorage(optuna.storages.JournalStorage):
     """
 
     def __init__(self, path: str):
-        from optuna.storages.journal import JournalFileBackend
-
         self.path = path
         self._tas_lock = path + ".tas-lock"
-        super().__init__(JournalFileBackend(path, lock_obj=FlockJournalLock(path + ".flock")))
+        super().__init__(CheckedJournalFileBackend(path, lock_obj=FlockJournalLock(path + ".flock")))
 
     def set_study_system_attr(self, study_id: int, key: str, value) -> None:
         if not key.startswith(TAS_PREFIX):
@@ -42,6 +43,23 @@ class SafeJournalStorage(optuna.storages.JournalStorage):
         with _flock(self._tas_lock):
             if key not in super().get_study_system_attrs(study_id):
                 super().set_study_system_attr(study_id, key, value)
+
+
+class CheckedJournalFileBackend(JournalFileBackend):
+    """Optuna's journal file, refusing to read or append once its path names another file or none
+    (an append would create a new journal holding only the latest operations)."""
+
+    def __init__(self, path: str, lock_obj):
+        super().__init__(path, lock_obj=lock_obj)  # creates the file if it is not there
+        self.identity = FileIdentity(path)
+
+    def read_logs(self, log_number_from: int):
+        self.identity.check()
+        return super().read_logs(log_number_from)
+
+    def append_logs(self, logs: list) -> None:
+        self.identity.check()
+        super().append_logs(logs)
 
 
 class FlockJournalLock:

@@ -2,8 +2,10 @@
 
 SQLite: WAL mode and a busy timeout; every transaction that may write starts with BEGIN IMMEDIATE
 (pysqlite's default deferred transactions read outside the write lock, so two processes can both
-"claim" the same WAITING trial). Transient errors (a lock timeout, a dropped connection) are retried.
-PostgreSQL: Optuna's row locks (SELECT ... FOR UPDATE) make claiming and finishing a trial atomic.
+"claim" the same WAITING trial); every transaction first checks that the file is still the one
+opened (gafi_opt.storages.identity). Every call rides out a lock timeout or a database outage
+(gafi_opt.storages.outage). PostgreSQL: Optuna's row locks (SELECT ... FOR UPDATE) make claiming
+and finishing a trial atomic.
 Not wrapped in Optuna's trial cache, whose "trials after the last finished id" reads can miss a trial
 that a concurrent PostgreSQL transaction committed late.
 """
@@ -12,9 +14,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import warnings
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,16 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 
 from gafi_opt.errors import GafiError
 from gafi_opt.storages.atomic import TAS_PREFIX, TrialInfo
 from gafi_opt.storages.guard import guard_storage_class
+from gafi_opt.storages.identity import FileIdentity
+from gafi_opt.storages.outage import DEFAULT_OUTAGE_S, Outage, StorageUnreachable
 from gafi_opt.storages.urls import redact
 
 SQLITE_BUSY_TIMEOUT_S = 30
-RETRY_ATTEMPTS = 8  # transient storage errors: retried with exponential backoff
 
 
 _deferred = threading.local()  # set while a read-only call runs: its transaction needs no write lock
@@ -54,17 +56,28 @@ def open_rdb(url: str) -> "SafeRDBStorage":
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
         engine_kwargs["pool_pre_ping"] = True
+    # Opening does not wait for a database that is down: a mistyped host or port must not hang.
+    outage = Outage(redact(url), limit=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Workers opening a fresh database together race to create its tables: try again.
-        rdb = _retry(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs), also=_creation_race)
+        try:
+            rdb = outage.call(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs), also=_creation_race)
+        except StorageUnreachable as exc:
+            raise GafiError(f"cannot open storage {redact(url)}: it is unreachable ({exc.reason})") from None
     if sqlite:
-        _make_sqlite_transactions_immediate(rdb.engine)
-    return SafeRDBStorage(rdb)
+        _make_sqlite_transactions_immediate(rdb.engine, FileIdentity(parsed.database))
+    outage.limit = DEFAULT_OUTAGE_S
+    return SafeRDBStorage(rdb, outage)
 
 
-def _make_sqlite_transactions_immediate(engine) -> None:
-    """WAL, and BEGIN IMMEDIATE for every transaction that may write (SQLAlchemy's documented recipe)."""
+def _make_sqlite_transactions_immediate(engine, identity: FileIdentity) -> None:
+    """WAL, and BEGIN IMMEDIATE for every transaction that may write (SQLAlchemy's documented recipe);
+    no connection or transaction on a file other than the one opened."""
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(*_args):
+        identity.check()  # before sqlite3 opens the path, and would create a file where one was deleted
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
@@ -77,6 +90,7 @@ def _make_sqlite_transactions_immediate(engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
+        identity.check()
         # A deferred transaction that reads then writes can lose its snapshot and fail with
         # SQLITE_BUSY at once (no busy wait); IMMEDIATE takes the write lock up front, waiting.
         connection.exec_driver_sql("BEGIN" if getattr(_deferred, "on", False) else "BEGIN IMMEDIATE")
@@ -84,51 +98,25 @@ def _make_sqlite_transactions_immediate(engine) -> None:
     engine.dispose()  # connections made while Optuna created its tables lack the settings
 
 
-def _transient(exc: BaseException) -> bool:
-    """A lock timeout or a dropped connection: the transaction was rolled back, retrying is safe."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return True
-        if isinstance(exc, OperationalError):
-            text = str(exc).lower()
-            if "database is locked" in text or "database table is locked" in text or "database is busy" in text:
-                return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def _creation_race(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, DBAPIError) and ("already exists" in text or "duplicate key" in text)
 
 
-def _retry(call: Callable[[], Any], also: Callable[[BaseException], bool] = lambda exc: False):
-    delay = 0.05
-    for attempt in range(RETRY_ATTEMPTS):
-        try:
-            return call()
-        except Exception as exc:
-            if attempt == RETRY_ATTEMPTS - 1 or not (_transient(exc) or also(exc)):
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 10.0)
-
-
 @guard_storage_class
 class SafeRDBStorage(BaseStorage, BaseHeartbeat):
-    """Optuna's RDBStorage behind retries of transient errors, with insert-if-absent TAS attrs.
+    """Optuna's RDBStorage behind retries of locks and outages, with insert-if-absent TAS attrs.
 
     Deliberately not an RDBStorage subclass: Optuna would wrap it in its trial cache.
     """
 
-    def __init__(self, rdb: optuna.storages.RDBStorage):
+    def __init__(self, rdb: optuna.storages.RDBStorage, outage: Outage):
         self.rdb = rdb
+        self.outage = outage
 
     def _write(self, name: str, *args, **kwargs):
         method = getattr(self.rdb, name)
-        return _retry(lambda: method(*args, **kwargs))
+        return self.outage.call(lambda: method(*args, **kwargs))
 
     def _read(self, name: str, *args, **kwargs):
         method = getattr(self.rdb, name)
@@ -140,7 +128,7 @@ class SafeRDBStorage(BaseStorage, BaseHeartbeat):
             finally:
                 _deferred.on = False
 
-        return _retry(call)
+        return self.outage.call(call)
 
     # study
     def create_new_study(self, directions, study_name: str | None = None) -> int:
@@ -172,7 +160,7 @@ class SafeRDBStorage(BaseStorage, BaseHeartbeat):
                 return False  # an earlier writer won
             return True
 
-        return _retry(call)
+        return self.outage.call(call)
 
     def waiting_trial_ids(self, study_id: int) -> list[int]:
         from optuna.storages._rdb.models import TrialModel
@@ -188,7 +176,7 @@ class SafeRDBStorage(BaseStorage, BaseHeartbeat):
             finally:
                 _deferred.on = False
 
-        return _retry(call)
+        return self.outage.call(call)
 
     def trial_infos(self, study_id: int | None, keys: Sequence[str], trial_id: int | None = None) -> list[TrialInfo]:
         """The study's trials (or the one trial `trial_id`) with the system attrs `keys`."""
@@ -219,7 +207,7 @@ class SafeRDBStorage(BaseStorage, BaseHeartbeat):
             finally:
                 _deferred.on = False
 
-        return _retry(call)
+        return self.outage.call(call)
 
     def get_study_id_from_name(self, study_name: str) -> int:
         return self._read("get_study_id_from_name", study_name)

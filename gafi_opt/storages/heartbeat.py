@@ -13,6 +13,11 @@ A trial is stale when:
 
 The grace period applied to a trial is never shorter than three of the intervals its own
 worker announced, so a worker configured with a slower heartbeat is not failed by a stricter one.
+
+An outage of the storage is counted against no one: while the database is unreachable no
+heartbeat gets through, and the worker keeps its trial until the database is back
+(gafi_opt.storages.outage). So a watcher that itself saw an outage gives every running trial a
+full grace period from the moment the storage answered it again, by both tests above.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial
 
-from gafi_opt.errors import one_line
+from gafi_opt.errors import StorageLost, one_line
+from gafi_opt.storages.outage import last_outage_end
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,8 @@ class Heartbeat:
         except UpdateFinishedTrialError:
             self.lost = True
             self._stop.set()
+        except StorageLost:
+            pass  # the trial's own thread stops the worker, saying why, at its next storage call
         except Exception as exc:  # a storage hiccup must not kill the trial; the next beat may get through
             log.warning("heartbeat of trial id %d not recorded: %s", self.trial_id, one_line(exc, 200))
 
@@ -104,25 +112,29 @@ class StaleDetector:
 
     def stale(self, study: optuna.Study, running: list[FrozenTrial]) -> list[FrozenTrial]:
         """The running trials to give up, by Optuna's heartbeat table or by this process's watch."""
+        storage = study._storage
         now = time.monotonic()
+        back = last_outage_end(storage) or -math.inf
         found = {}
         for trial in running:
             evidence = json.dumps(trial.system_attrs.get(HEARTBEAT), sort_keys=True)
             previous = self._seen.get(trial._trial_id)
             if previous is None or previous[0] != evidence:
                 self._seen[trial._trial_id] = (evidence, now)
-            elif now - previous[1] > self.grace_for(trial):
+            elif now - max(previous[1], back) > self.grace_for(trial):  # silent since it changed, or the storage came back
                 found[trial._trial_id] = trial
         live_ids = {t._trial_id for t in running}
         for trial_id in list(self._seen):
             if trial_id not in live_ids:
                 del self._seen[trial_id]
-        storage = study._storage
         if is_heartbeat_enabled(storage):
             by_id = {t._trial_id: t for t in running}
-            for trial_id in storage._get_stale_trial_ids(study._study_id):
+            stale_ids = storage._get_stale_trial_ids(study._study_id)
+            # The database's clock ran on through an outage (which this very call may have waited out).
+            since_back = time.monotonic() - (last_outage_end(storage) or -math.inf)
+            for trial_id in stale_ids:
                 trial = by_id.get(trial_id)
                 # Optuna applies this process's grace; skip trials whose own worker beats more slowly.
-                if trial is not None and self.grace >= self.grace_for(trial):
+                if trial is not None and self.grace >= self.grace_for(trial) and since_back > self.grace_for(trial):
                     found[trial_id] = trial
         return list(found.values())

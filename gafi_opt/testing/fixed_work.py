@@ -11,6 +11,8 @@ WAITING trials (or set the same attrs once) at the same moment, to check that ea
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -18,6 +20,7 @@ from dataclasses import asdict
 import optuna
 from optuna.trial import TrialState
 
+from gafi_opt.errors import GafiError
 from gafi_opt.pipeline import Pipeline, StageLoop, WorkerOptions
 from gafi_opt.search.stages import TrialConfig
 from gafi_opt.spec import Spec, spec_from_dict
@@ -71,9 +74,16 @@ def work(url: str, name: str, seconds: float, options: WorkerOptions, start_at: 
     return asdict(stats)
 
 
-def _work_into(queue, *args) -> None:
+def _work_into(queue, stderr_path, *args) -> None:
+    if stderr_path:
+        fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)  # what the worker says (waits, warnings, tracebacks) goes to its own file
+        os.close(fd)
     try:
         queue.put(("ok", work(*args)))
+    except GafiError as exc:  # as `gafi-opt worker` does: no traceback, exit status 2
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+        sys.exit(2)
     except BaseException as exc:  # report, then let the process die as it would
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
         raise
@@ -121,12 +131,15 @@ def race(kind: str, url: str, study_id: int, racers: int, keys: list[str] = (), 
             process.join(timeout=10)
 
 
-def start_workers(n: int, url: str, name: str, seconds: float, options: WorkerOptions, start_in: float = 1.0):
-    """Start `n` worker processes; returns (processes, queue) - each puts ("ok", stats) or ("error", text)."""
+def start_workers(n: int, url: str, name: str, seconds: float, options: WorkerOptions, start_in: float = 1.0, stderr_dir=None):
+    """Start `n` worker processes; returns (processes, queue) - each puts ("ok", stats) or ("error", text).
+
+    With `stderr_dir`, worker i writes its stderr to `stderr_dir/worker-i.err`."""
     ctx = context()
     queue = ctx.Queue()
     start_at = time.time() + start_in
-    processes = [ctx.Process(target=_work_into, args=(queue, url, name, seconds, options, start_at), daemon=True) for _ in range(n)]
+    stderr = [os.path.join(stderr_dir, f"worker-{i}.err") if stderr_dir else None for i in range(n)]
+    processes = [ctx.Process(target=_work_into, args=(queue, stderr[i], url, name, seconds, options, start_at), daemon=True) for i in range(n)]
     for process in processes:
         process.start()
     return processes, queue
