@@ -33,6 +33,7 @@ FORMAT_ATTR = "gafi_storage_format"  # what this gafi-opt writes; a pipeline wit
 STORAGE_FORMAT = 2
 READS_SINCE = "0.2.0"  # the first gafi-opt version that wrote STORAGE_FORMAT
 REAL_ONLY_PREFIX = "real_only_seed_"  # root attr per seed of the real-only baseline (gafi_opt.train.real_only)
+QUALITY_ATTR = "quality"  # root attr: distribution metrics of the baseline's and the final choice's sets (gafi_opt.result.quality)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
