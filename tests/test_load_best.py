@@ -79,7 +79,7 @@ def test_unknown_or_unfinished_pipelines_are_refused(tiny_pipeline):
 
 def readme_example() -> str:
     section = (ROOT / "README.md").read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
-    return next(block for block in re.findall(r"```python\n(.*?)```", section, re.S) if "load_best" in block)
+    return next(block for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL) if "load_best" in block)
 
 
 def test_the_readme_example_runs(tiny_pipeline, capsys):

@@ -104,7 +104,11 @@ def export(url, fmt):
 def test_every_export_format_and_the_dashboard_show_them(setting):
     spec, url, _, _ = setting
     quality = Pipeline.load(url, spec.name).attrs()["quality"]
-    expected = {f"{prefix}{metric}": quality[part][metric] for prefix, part in (("", "final"), ("synthetic_baseline_", "baseline"), ("real_", "real")) for metric in ("fd", "precision", "recall")}
+    expected = {
+        f"{prefix}{metric}": quality[part][metric]
+        for prefix, part in (("", "final"), ("synthetic_baseline_", "baseline"), ("real_", "real"))
+        for metric in ("fd", "precision", "recall")
+    }
 
     (row,) = json.loads(export(url, "json"))
     assert {key: row[key] for key in expected} == expected

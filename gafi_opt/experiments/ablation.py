@@ -30,5 +30,5 @@ def run_ablation(
     pipeline = Pipeline.load(storage, name)
     plan = AblationPlan(pipeline)
     device = device or resolve_device(pipeline.spec.device)
-    context = lambda: TrialContext(pipeline.spec, load_data(pipeline.spec.data), device)  # noqa: E731 - loaded on the first trial that trains
+    context = lambda: TrialContext(pipeline.spec, load_data(pipeline.spec.data), device)  # loaded on the first trial that trains
     return plan, StageLoop(plan, CasObjective(plan, context, hooks, progress), options, hooks).run()

@@ -128,7 +128,9 @@ class AblationPlan:
                 study.set_metric_names(["val CAS"])
             _publish_note(study, self.pipeline.name, self.choice)
         if study.user_attrs.get(ATTR) != self.choice:
-            raise GafiError(f"{self.name} in {storage_name(self.storage)} ablates another choice ({study.user_attrs.get(ATTR)}); delete it to start again")
+            raise GafiError(
+                f"{self.name} in {storage_name(self.storage)} ablates another choice ({study.user_attrs.get(ATTR)}); delete it to start again"
+            )
         return study
 
     def layout(self, study: optuna.Study, stage: str = STAGE) -> dict:
@@ -197,14 +199,18 @@ def _publish_note(study: optuna.Study, pipeline: str, choice: dict) -> None:
     lines = [
         f"### Ablation of {pipeline}",
         "",
-        f"The final choice (checkpoint {choice['checkpoint']}, stddev {choice['stddev']:g}, threshold {choice['threshold']:g}, "
-        f"set renewed every {choice['recycle_every']} epoch(s)) with techniques switched off, one classifier per final-stage seed:",
+        (
+            f"The final choice (checkpoint {choice['checkpoint']}, stddev {choice['stddev']:g}, threshold {choice['threshold']:g}, "
+            f"set renewed every {choice['recycle_every']} epoch(s)) with techniques switched off, one classifier per final-stage seed:"
+        ),
         "",
         "| variant | filter | expansion | recycling |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {v.label} | {'on' if v.filter else 'off'} | {'on' if v.expansion else 'off'} | {'on' if v.recycling else 'off'} |" for v in VARIANTS]
+    lines += [
+        f"| {v.label} | {'on' if v.filter else 'off'} | {'on' if v.expansion else 'off'} | {'on' if v.recycling else 'off'} |" for v in VARIANTS
+    ]
     try:
         optuna_dashboard.save_note(study, "\n".join(lines))
-    except Exception as exc:  # the dashboard note is a courtesy
+    except (OSError, optuna.exceptions.OptunaError) as exc:  # the dashboard note is a courtesy
         log.warning("could not write the dashboard note of %s: %s", study.study_name, one_line(exc))

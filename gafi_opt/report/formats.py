@@ -68,7 +68,7 @@ def quality_cell(row: dict, metric: str, arrow: str = "→") -> str:
 
 
 def _metric(value, metric: str) -> str:
-    # FD is in squared feature units; precision and recall are fractions of one set of a few hundred images or more.
+    # FD is in (squared) units of the features; precision and recall are fractions, 3 decimals resolve 1 image in 1000.
     return "-" if value is None else f"{value:.2f}" if metric == "fd" else f"{value:.3f}"
 
 

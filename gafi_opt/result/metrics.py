@@ -38,7 +38,7 @@ class PenultimateFeatures(nn.Module):
         self.body.head = nn.Identity()
         self.num_features = head.in_features  # torchmetrics reads it instead of probing with a 299x299 image
 
-    def train(self, mode: bool = True) -> "PenultimateFeatures":
+    def train(self, mode: bool = True) -> PenultimateFeatures:
         return super().train(False)  # BatchNorm must keep its running statistics, whatever a caller asks
 
     @torch.no_grad()

@@ -35,7 +35,15 @@ class Sampler:
     """
 
     def __init__(
-        self, recipe: Recipe, make_source: Callable[[int, int], object], num_classes: int, image_shape, device, seed: int, per_class: int, batch_per_class: int
+        self,
+        recipe: Recipe,
+        make_source: Callable[[int, int], object],
+        num_classes: int,
+        image_shape,
+        device,
+        seed: int,
+        per_class: int,
+        batch_per_class: int,
     ):
         self.recipe = recipe
         self.per_class = per_class  # the pipeline's synthetic set size per class (TrialContext.per_class)
@@ -63,7 +71,9 @@ class Sampler:
         source.fill(progress=progress)
         return _as(source.images, dtype), source.labels  # the source is not drawn from again
 
-    def batches(self, per_class: int | None = None, count: int | None = None, dtype: torch.dtype = torch.float32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, per_class: int | None = None, count: int | None = None, dtype: torch.dtype = torch.float32
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """`count` batches (None: without end) of `per_class` fresh images of every class, shuffled.
 
         Default `per_class`: the pipeline's CAS batch size split over the classes (at least 1).
@@ -113,7 +123,7 @@ def open_sampler(recipe: Recipe, device="cpu", seed: int | None = None) -> Sampl
     else:
         spec = recipe.pipelines[0].spec
         context = TrialContext(spec, load_data(spec.data), device)
-        make = lambda per_class, s: context.source(dataclasses.replace(recipe.config, seed=s), per_class)  # noqa: E731
+        make = lambda per_class, s: context.source(dataclasses.replace(recipe.config, seed=s), per_class)
     data = context.data
     batch_per_class = max(1, context.spec.cas.batch_size // data.num_classes)
     return Sampler(recipe, make, data.num_classes, data.image_shape, device, seed, context.per_class, batch_per_class)

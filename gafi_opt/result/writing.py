@@ -30,6 +30,7 @@ import gafi_opt
 from gafi_opt.errors import GafiError
 from gafi_opt.result.sampler import Sampler
 from gafi_opt.storages import redact
+from gafi_opt.train.real import filter_path
 
 FORMATS = ("npz", "folder")
 FOLDER_SIDECAR = "sample.json"
@@ -71,7 +72,7 @@ def write_sample(sampler: Sampler, out, fmt: str, per_class: int, progress: bool
         "storage": redact(recipe.pipelines[0].storage_url),
         "recipe": recipe.origin,
         **recipe.knobs(),
-        "filter_classifier": "each pipeline's own" if recipe.members else "the pipeline's (filter.pt in its run directory)",
+        "filter_classifiers": [str(filter_path(p.spec).resolve()) for p in recipe.pipelines],  # each generator's own
         "seed": sampler.seed,
         "per_class": per_class,
         "num_classes": sampler.num_classes,
@@ -81,7 +82,9 @@ def write_sample(sampler: Sampler, out, fmt: str, per_class: int, progress: bool
         "fallback_samples": sampler.fallback,
         "device": str(sampler.device),
         "format": fmt,
-        "layout": "train_images uint8 NHW (grey) or NHWC, train_labels (N, 1)" if fmt == "npz" else "<class>/<n>.png, class folders numbered as the labels",
+        "layout": "train_images uint8 NHW (grey) or NHWC, train_labels (N, 1)"
+        if fmt == "npz"
+        else "<class>/<n>.png, class folders numbered as the labels",
     }
     write_set(out, fmt, images, labels, sampler.num_classes, sidecar, progress)
     return sidecar
@@ -125,7 +128,14 @@ def _write_folder(out: Path, images: torch.Tensor, labels: torch.Tensor, num_cla
         width = len(str(len(labels)))
         counts = [0] * num_classes
         grey = images.shape[1] == 1
-        for image, label in tqdm(zip(images.permute(0, 2, 3, 1).numpy(), labels.tolist()), total=len(labels), desc="writing images", unit="img", leave=False, disable=not progress):
+        for image, label in tqdm(
+            zip(images.permute(0, 2, 3, 1).numpy(), labels.tolist()),
+            total=len(labels),
+            desc="writing images",
+            unit="img",
+            leave=False,
+            disable=not progress,
+        ):
             picture = Image.fromarray(image[..., 0] if grey else image)  # (H, W) uint8 is "L", (H, W, 3) "RGB"
             picture.save(temporary / f"{label:0{digits}d}" / f"{counts[label]:0{width}d}.png")
             counts[label] += 1
