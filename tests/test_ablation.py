@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from gafi_opt.cli import main
 from gafi_opt.experiments.ablation import run_ablation
 from gafi_opt.pipeline import Pipeline, TrialHooks
-from gafi_opt.pipeline.ablation import VARIANTS, AblationPlan, Variant
+from gafi_opt.pipeline.ablation import FULL, VARIANTS, AblationPlan
 from gafi_opt.report.ablation import ablation_rows
 from gafi_opt.spec import load_spec
 
@@ -97,11 +97,10 @@ def test_each_variant_trains_the_final_choice_with_its_techniques_switched_off(s
 def test_a_variant_that_repeats_the_final_choice_reuses_its_trials(storage):
     spec, url = storage
     plan = AblationPlan(Pipeline.load(url, spec.name))
-    everything = Variant("all", "", filter=True, expansion=True, recycling=True)
     for trial in Pipeline.load(url, spec.name).finished_trials("final"):
-        found, name = plan.trial_to_reuse("ablation", everything.config(plan.choice, trial.params["seed"]), {})
+        found, name = plan.trial_to_reuse("ablation", FULL.config(plan.choice, trial.params["seed"]), {})
         assert found.number == trial.number and name == f"final stage, trial {trial.number}"
-    assert plan.trial_to_reuse("ablation", everything.config(plan.choice, 99), {}) is None
+    assert plan.trial_to_reuse("ablation", FULL.config(plan.choice, 99), {}) is None
 
 
 def test_export_ablation_in_every_format_matches_the_storage(storage, tmp_path):

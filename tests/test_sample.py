@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 
 import numpy as np
@@ -68,6 +69,9 @@ def test_npz_holds_the_chosen_set_reloads_as_a_data_source_and_trains_a_classifi
     assert "wrote 300 images (30 per class)" in printed
 
     sidecar = json.loads((tmp_path / "synthetic.npz.json").read_text())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not the temporary file's private mode
     best = {stage: pipeline.best_value(stage) for stage in ("checkpoint", "stddev", "threshold")}
     assert {k: sidecar[k] for k in best} == best and sidecar["filter"] is True
     assert sidecar["pipeline"] == spec.name and sidecar["recipe"] == "final choice" and sidecar["seed"] == 7

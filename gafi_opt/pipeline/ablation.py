@@ -69,6 +69,7 @@ VARIANTS = (
     Variant("checkpoint-only", "none (chosen checkpoint only)", filter=False, expansion=False, recycling=False),
 )
 BY_NAME = {variant.name: variant for variant in VARIANTS}
+FULL = Variant("gafi", "GaFi (all techniques)", filter=True, expansion=True, recycling=True)  # the final stage itself
 
 
 def study_name(pipeline: str) -> str:
@@ -156,18 +157,13 @@ class AblationPlan:
     def trial_to_reuse(self, stage: str, config: TrialConfig, fixed: dict) -> tuple[FrozenTrial, str] | None:
         """A finished trial with the same data recipe: one of the final stage, or another variant's."""
         for trial in self.pipeline.finished_trials("final"):
-            if trial.state == TrialState.COMPLETE and same_recipe(_final_config(self.choice, trial), config):
+            if trial.state == TrialState.COMPLETE and same_recipe(FULL.config(self.choice, trial.params["seed"]), config):
                 return trial, f"final stage, trial {trial.number}"
         study = self.study()
         for trial in [] if study is None else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if same_recipe(BY_NAME[trial.params["variant"]].config(self.choice, trial.params["seed"]), config):
                 return trial, f"ablation trial {trial.number} ({trial.params['variant']})"
         return None
-
-
-def _final_config(choice: dict, trial: FrozenTrial) -> TrialConfig:
-    full = Variant("final", "", filter=True, expansion=True, recycling=True)
-    return full.config(choice, trial.params["seed"])
 
 
 def variant_trials(pipeline: Pipeline) -> dict[str, list[FrozenTrial]] | None:

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from gafi_opt.errors import GafiError
 from gafi_opt.pipeline import Pipeline
-from gafi_opt.pipeline.ablation import VARIANTS, Variant, ablated_choice, variant_trials
+from gafi_opt.pipeline.ablation import FULL, VARIANTS, Variant, ablated_choice, variant_trials
 from gafi_opt.report.formats import FORMATS, _latex_escape, _num, _pct, _plain
 from gafi_opt.stats import mean_sd
 
@@ -38,7 +38,6 @@ ABLATION_KEYS = (
     "delta_test",
     "selection",
 )
-FULL = Variant("gafi", "GaFi (all techniques)", filter=True, expansion=True, recycling=True)
 
 
 def ablation_rows(pipeline: Pipeline) -> list[dict]:

@@ -17,7 +17,6 @@ import copy
 
 import torch
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from gafi_opt.data import to_float
 from gafi_opt.errors import GafiError
@@ -55,6 +54,10 @@ def frechet_distance(extractor: PenultimateFeatures, real: torch.Tensor, fake: t
     """FD between two image sets (at least 2 images each) in the extractor's feature space."""
     if len(real) < 2 or len(fake) < 2:
         raise GafiError(f"the Fréchet distance needs at least 2 images per set, got {len(real)} and {len(fake)}")
+    # lazy: torchmetrics.image imports every image metric (torchvision's detection models, torch._dynamo), seconds
+    # that `gafi-opt sample` and `load_best` should not pay
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(feature=extractor, normalize=False).to(real.device)
     for images, is_real in ((real, True), (fake, False)):
         for start in range(0, len(images), BATCH):

@@ -6,9 +6,10 @@ rejected sample is redrawn, at most `synth.max_attempts` rounds, then counted as
 number of images of every class. Each draw uses a new seed from the sampler's sequence, so draws never
 repeat one another and a sampler made with the same seed repeats the same draws.
 
-Two image forms: float in [-1, 1] (what the generator makes and the project's classifiers take;
-the default of `batches`) and uint8 in [0, 255] (the filter's view of every sample and what files
-store; the default of `sample`). Both are (N, C, H, W) on the sampler's device, labels int64.
+Two image forms of the same pixels: uint8 in [0, 255] (what the filter judged, what the CAS trials
+train on and what files store; the default of `sample`) and float in [-1, 1], the generator's range
+and what the project's classifiers take (the default of `batches`). Both are (N, C, H, W) on the
+sampler's device, labels int64.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class Sampler:
         return source
 
     def sample(self, per_class: int, dtype: torch.dtype = torch.uint8, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fresh set: `per_class` images of every class, class by class (labels 0, 0, ..., 1, 1, ...)."""
+        """A fresh set: `per_class` images of every class, class by class (labels 0, 0, ..., 1, 1, ...; a
+        multigen mix: generator by generator, class by class within each)."""
         source = self._source(per_class)
         source.fill(progress=progress)
         return _as(source.images, dtype), source.labels  # the source is not drawn from again

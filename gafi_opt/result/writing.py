@@ -113,6 +113,7 @@ def _write_npz(out: Path, images: torch.Tensor, labels: torch.Tensor, num_classe
     try:
         with os.fdopen(fd, "wb") as handle:  # a handle, so numpy adds no .npz suffix of its own
             np.savez_compressed(handle, train_images=np.ascontiguousarray(array), train_labels=labels.numpy().astype(label_type)[:, None])
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; the set is an ordinary file
         os.replace(temporary, out)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -140,12 +141,19 @@ def _write_folder(out: Path, images: torch.Tensor, labels: torch.Tensor, num_cla
             picture.save(temporary / f"{label:0{digits}d}" / f"{counts[label]:0{width}d}.png")
             counts[label] += 1
         (temporary / FOLDER_SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes it private; the set is an ordinary folder
         if out.exists():
             shutil.rmtree(out)  # check_output made sure gafi-opt wrote it
         os.replace(temporary, out)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def _atomic_text(path: Path, text: str) -> None:
