@@ -11,6 +11,7 @@ The public names, importable from `gafi_opt` itself; each loads its module on fi
     TrialContext, TrialConfig,        one CAS trial in your own Optuna study
     train_cas
     SyntheticSource                   the filtered, recyclable, class-balanced synthetic set
+    load_best(storage, name)          fresh synthetic images with a finished pipeline's chosen knobs
     summary_row, format_rows          the export's rows and formats
     GafiError                         bad input; its message names the problem
 """
@@ -42,18 +43,22 @@ _PUBLIC = {
     "summary_row": "gafi_opt.report",
     "format_rows": "gafi_opt.report",
     "run_pipeline": "gafi_opt.runner",
+    "load_best": "gafi_opt.result",
+    "Sampler": "gafi_opt.result",
 }
 __all__ = [
     "CasResult",
     "GafiError",
     "Pipeline",
     "RealData",
+    "Sampler",
     "Spec",
     "SyntheticSource",
     "TrialConfig",
     "TrialContext",
     "__version__",
     "format_rows",
+    "load_best",
     "load_data",
     "load_spec",
     "open_storage",
@@ -68,6 +73,7 @@ if TYPE_CHECKING:
     from gafi_opt.errors import GafiError
     from gafi_opt.pipeline import Pipeline
     from gafi_opt.report import format_rows, summary_row
+    from gafi_opt.result import Sampler, load_best
     from gafi_opt.runner import run_pipeline
     from gafi_opt.search import TrialConfig
     from gafi_opt.spec import Spec, load_spec

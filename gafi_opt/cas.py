@@ -107,12 +107,13 @@ class TrialContext:
             return max(1, round(self.spec.augment_ratio * self.data.train_y.numel() / self.data.num_classes))
         return max(1, self.data.train_y.numel() // self.data.num_classes)
 
-    def source(self, config: TrialConfig) -> SyntheticSource:
+    def source(self, config: TrialConfig, per_class: int | None = None) -> SyntheticSource:
+        """The config's synthetic set: `per_class` images of every class (default: the pipeline's, `self.per_class`)."""
         synth = self.spec.synth
         return SyntheticSource(
             self.generator(config.checkpoint),
             self.data.num_classes,
-            self.per_class,
+            per_class or self.per_class,
             stddev=config.stddev,
             threshold=config.threshold,
             filter_model=self.filter_model if config.threshold is not None else None,

@@ -385,9 +385,11 @@ def status_cmd(storage, names):
 @click.option("--pipeline", "names", multiple=True, help="Pipeline name (repeatable; default: all).")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex", "json"]), default="markdown", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
-def export_cmd(storage, names, fmt, output):
-    """Export the best-hyperparameter table: one row per pipeline, with both baselines,
-    then one per multi-generator study (`gafi-opt multigen`) of those pipelines, by K.
+@click.option("--ablation", is_flag=True, help="The ablation table (`gafi-opt ablate`) of the pipelines instead.")
+def export_cmd(storage, names, fmt, output, ablation):
+    """Export the best-hyperparameter table: one row per pipeline, with both baselines and the
+    distribution metrics of its synthetic sets, then one per multi-generator study (`gafi-opt
+    multigen`) of those pipelines, by K. With --ablation: each pipeline's ablation table.
 
     markdown and latex show accuracies in percent (latex: a booktabs tabular, needs
     \\usepackage{booktabs}); csv and json keep them as fractions at full precision.
@@ -402,15 +404,29 @@ def export_cmd(storage, names, fmt, output):
     if not names:
         raise GafiError(f"no pipelines in {redact(storage)}")
     pipelines = [Pipeline.load(opened, name) for name in names]
-    rows = [summary_row(pipeline) for pipeline in pipelines] + multigen_rows(opened, list(names))
     for pipeline in pipelines:
         for line in stage_warnings(pipeline):
             _note(line)  # stderr: the table on stdout stays clean for scripts
-    text = format_rows(rows, fmt)
+    if ablation:
+        text = _ablation_table(opened, names, fmt)
+    else:
+        rows = [summary_row(pipeline) for pipeline in pipelines] + multigen_rows(opened, list(names))
+        text = format_rows(rows, fmt)
     if output:
         _write(output, text)
     else:
         click.echo(text)
+
+
+def _ablation_table(opened, names, fmt: str) -> str:
+    from gafi_opt.pipeline import Pipeline
+    from gafi_opt.report.ablation import ablation_rows, format_ablation
+    from gafi_opt.storages import storage_name
+
+    rows = [row for name in names for row in ablation_rows(Pipeline.load(opened, name))]
+    if not rows:
+        raise GafiError(f"no ablation of {', '.join(names)} in {storage_name(opened)}: run `gafi-opt ablate` first")
+    return format_ablation(rows, fmt)
 
 
 def _write(path: str, text: str) -> None:
@@ -569,6 +585,79 @@ def multigen_cmd(storage, pipelines, seeds, device, threads, heartbeat_interval,
     )
     rows = [row for row in multigen_rows(opened, names) if row["pipeline"] == plan.name]
     click.echo(format_rows(rows, "markdown"))
+
+
+@main.command("sample")
+@click.option("--storage", required=True, envvar="GAFI_STORAGE", help=STORAGE_HELP + " Also read from $GAFI_STORAGE.")
+@click.option("--pipeline", "name", required=True, help="A finished pipeline, or a multigen study (multigen/A+B).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="The .npz file or the image folder to write.")
+@click.option("--per-class", type=click.IntRange(min=1), default=None, help="Images per class (default: the pipeline's synthetic set size).")
+@click.option("--format", "fmt", type=click.Choice(["npz", "folder"]), default="npz", show_default=True, help="npz: MedMNIST-style archive; folder: OUT/<class>/<n>.png.")
+@click.option("--stage", default=None, help="Take trial --trial of this stage's recipe instead of the final choice.")
+@click.option("--trial", "trial", type=click.IntRange(min=0), default=None, help="Trial number in --stage (see the dashboard or the export).")
+@click.option("--seed", type=int, default=None, help="Sampling seed (default: the trial's seed, else the pipeline's).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (a folder only if gafi-opt wrote it).")
+@device_option
+@threads_option
+@quiet_option
+def sample_cmd(storage, name, output, per_class, fmt, stage, trial, seed, force, device, threads, quiet):
+    """Write the synthetic set a pipeline's choices make: its best checkpoint, stddev and threshold,
+    filtered by its own filter classifier, an equal number of images of every class.
+
+    \b
+    npz:    train_images uint8 (N, H, W) or (N, H, W, C), train_labels (N, 1), sidecar OUT.json
+    folder: OUT/<class>/<n>.png (torchvision ImageFolder reads it), sidecar OUT/sample.json
+    The sidecar names the pipeline, the knobs, the acceptance rate, the fallback count, the
+    seed and the gafi-opt version. A trial's recipe at its own seed draws the set it first trained on.
+    """
+    from gafi_opt.result import check_output, open_sampler, resolve, write_sample
+
+    out = check_output(output, fmt, force)  # before anything is loaded or drawn
+    _set_threads(threads)
+    recipe = resolve(_open(storage), name, stage, trial)
+    sampler = open_sampler(recipe, device or recipe.pipelines[0].spec.device, seed)
+    sidecar = write_sample(sampler, out, fmt, per_class or sampler.per_class, progress=_progress(quiet))
+    click.echo(
+        f"wrote {sidecar['images']} images ({sidecar['per_class']} per class) of {recipe.describe()} to {out}; "
+        f"acceptance rate {sidecar['acceptance_rate']:.3f}, {sidecar['fallback_samples']} fallback sample(s)"
+    )
+
+
+def _open(storage):
+    from gafi_opt.storages import open_storage
+
+    return open_storage(storage, must_exist=True)
+
+
+@main.command("ablate")
+@click.option("--storage", required=True, envvar="GAFI_STORAGE", help=STORAGE_HELP + " Also read from $GAFI_STORAGE.")
+@click.option("--pipeline", "name", required=True, help="A finished pipeline.")
+@device_option
+@threads_option
+@heartbeat_option
+@grace_option
+@quiet_option
+def ablate_cmd(storage, name, device, threads, heartbeat_interval, grace_period, quiet):
+    """Train what each GaFi technique adds to the final choice: the choice with filtering,
+    expansion (stddev) and recycling each left out, then each alone, then none, over the final
+    stage's seeds; print the table beside the full GaFi row.
+
+    The run is the Optuna study <pipeline>/ablation, one slot per (variant, seed), run by the
+    same worker loop as the stages: run it again to resume (a second run trains nothing), or
+    start several to share it. A variant whose recipe repeats a finished trial takes its result.
+    `gafi-opt export --ablation` writes the table in every format.
+    """
+    from gafi_opt.experiments.ablation import run_ablation
+    from gafi_opt.models.device import resolve_device
+    from gafi_opt.report.ablation import ablation_rows, format_ablation
+    from gafi_opt.report.dashboard import DashboardHooks
+
+    options = _worker_options(heartbeat_interval, grace_period)
+    _set_threads(threads)
+    plan, _ = run_ablation(
+        _open(storage), name, resolve_device(device) if device else None, progress=_progress(quiet), options=options, hooks=DashboardHooks()
+    )
+    click.echo(format_ablation(ablation_rows(plan.pipeline), "markdown"))
 
 
 if __name__ == "__main__":

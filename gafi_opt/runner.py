@@ -38,6 +38,7 @@ from gafi_opt.models.device import resolve_device
 from gafi_opt.models.factory import check_generator
 from gafi_opt.pipeline import Interrupted, Pipeline, StageLoop, WorkerOptions, WorkerStats
 from gafi_opt.report.dashboard import DashboardHooks
+from gafi_opt.result import record_quality
 from gafi_opt.search.stages import STAGES
 from gafi_opt.spec import Spec
 from gafi_opt.storages import open_storage
@@ -62,7 +63,8 @@ def run_pipeline(
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
 ) -> Pipeline:
-    """Prepare once, then run the pipeline to completion with `workers` workers (`threads` CPU threads each).
+    """Prepare once, then run the pipeline to completion with `workers` workers (`threads` CPU threads each),
+    then measure the distribution metrics of its synthetic sets (gafi_opt.result.quality) unless stored.
 
     `storage` is an opened storage (gafi_opt.storages.open_storage) or a URL; default: the spec's.
     `reporter(pipeline, stage)` is called after each trial (the CLI's progress line).
@@ -77,6 +79,7 @@ def run_pipeline(
         work(pipeline, device, progress=progress, reporter=reporter, options=options)
     else:
         run_processes(pipeline, worker_plan(workers, str(device), threads), options, reporter, log)
+    record_quality(pipeline, device)  # once, here: measured after the final stage, or by the run that resumes it
     return pipeline
 
 

@@ -117,9 +117,23 @@ def test_npz_missing_file(tmp_path):
 
 def test_npz_missing_key(tmp_path):
     path = tmp_path / "broken.npz"
-    np.savez(path, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.zeros(4, np.uint8))
-    with pytest.raises(GafiError, match=r"broken\.npz.*test_images"):
+    np.savez(path, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.zeros(4, np.uint8), test_images=np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(GafiError, match=r"broken\.npz.*test_labels"):
         load_data(DataSpec(source="npz", root=str(path)))
+    np.savez(path, train_images=np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(GafiError, match=r"broken\.npz.*train_labels"):
+        load_data(DataSpec(source="npz", root=str(path)))
+
+
+def test_npz_with_train_only_carves_test_then_val(tmp_path):
+    # The layout `gafi-opt sample` writes: a synthetic train split, nothing else.
+    path = tmp_path / "synthetic.npz"
+    labels = np.repeat(np.arange(3), 20).reshape(-1, 1).astype(np.uint8)
+    np.savez(path, train_images=np.random.default_rng(0).integers(0, 256, (60, 8, 8), dtype=np.uint8), train_labels=labels)
+    data = load_data(DataSpec(source="npz", root=str(path), test_fraction=0.2, val_fraction=0.25))
+    assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (36, 12, 12)
+    for split in (data.train_y, data.val_y, data.test_y):
+        assert len(set(_class_counts(split, 3))) == 1  # stratified
 
 
 def test_npz_not_an_archive(tmp_path):

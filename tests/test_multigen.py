@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy
 import optuna
 import pytest
 import torch
@@ -17,7 +18,7 @@ from optuna.trial import TrialState
 
 from gafi_opt.cli import main
 from gafi_opt.errors import GafiError
-from gafi_opt.experiments.multigen import MultiGenRun, shares
+from gafi_opt.result.multigen import MultiGenRun, shares
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.pipeline.multigen import load_members
 from gafi_opt.spec import load_spec
@@ -187,3 +188,21 @@ def test_a_multigen_process_killed_mid_trial_is_followed_by_one_that_reruns_the_
     assert killed.state == TrialState.FAIL and killed.system_attrs["gafi:fail_reason"].startswith("lost worker: ")
     rows = json.loads(_invoke("export", "--storage", url, "--format", "json").output)
     assert next(r for r in rows if r["pipeline"] == "multigen/mgA+mgB")["seeds"] == 2
+
+
+def test_sample_writes_the_mix_the_multigen_classifiers_train_on(storage, tmp_path):
+    _, url = storage
+    assert _invoke("multigen", "--storage", url, "--pipelines", "mgA,mgB", "--seeds", 1, "--quiet").exit_code == 0
+    out = tmp_path / "mix.npz"
+    result = _invoke("sample", "--storage", url, "--pipeline", "multigen/mgA+mgB", "-o", out, "--per-class", 6, "--quiet")
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads((tmp_path / "mix.npz.json").read_text())
+    assert sidecar["members"] == EXPECTED_MEMBERS and sidecar["recipe"] == "multigen" and sidecar["images"] == 60 and sidecar["seed"] == 0
+    # The same draw as MultiGenRun makes for seed 0: 3 images of every class from each generator, each with its own knobs.
+    source = MultiGenRun(*load_members(url, ["mgA", "mgB"]), torch.device("cpu")).source(seed=0, per_class=6)
+    source.fill()
+    with numpy.load(out) as archive:
+        assert numpy.array_equal(archive["train_images"], source.images[:, 0].numpy())
+        assert numpy.array_equal(archive["train_labels"][:, 0], source.labels.numpy())
+    staged = _invoke("sample", "--storage", url, "--pipeline", "multigen/mgA+mgB", "-o", tmp_path / "x.npz", "--stage", "final", "--trial", 0)
+    assert staged.exit_code == 2 and "is a multigen study" in staged.stderr

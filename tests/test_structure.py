@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gafi_opt"
 # Lowest first: a module may import from its own package and from the packages before it, never after.
 LAYERS = [
     "errors", "stats", "spec", "data", "models", "train", "synth", "search", "cas",
-    "storages", "pipeline", "report", "runner", "experiments", "testing", "cli",
+    "storages", "pipeline", "report", "result", "runner", "experiments", "testing", "cli",
 ]  # fmt: skip
 
 

@@ -126,7 +126,8 @@ def _read_torchvision(spec: DataSpec) -> _Loaded:
 
 
 def _read_npz(spec: DataSpec) -> _Loaded:
-    """A MedMNIST-layout archive: {train,val,test}_{images,labels}; val is optional."""
+    """A MedMNIST-layout archive: {train,val,test}_{images,labels}; val and test are optional (carved from train),
+    so a synthetic set written by `gafi-opt sample` (train only) loads too."""
     path = Path(spec.root)
     if not path.is_file():
         raise GafiError(f"npz file not found: {path}")
@@ -140,7 +141,7 @@ def _read_npz(spec: DataSpec) -> _Loaded:
         keys = set(archive.files)
         splits = {}
         for key in ("train", "val", "test"):
-            if key == "val" and not {"val_images", "val_labels"} & keys:
+            if key != "train" and not {f"{key}_images", f"{key}_labels"} & keys:
                 continue  # carved from train later
             images_key, labels_key = f"{key}_images", f"{key}_labels"
             for name in (images_key, labels_key):

@@ -4,7 +4,8 @@ The study is `multigen/<A+B+...>` (member names sorted) in the pipelines' storag
 the members and what each contributes (best checkpoint, stddev, threshold); its work is one slot per
 seed (slot i is seed `spec.seed + i`), run by the one worker loop like a pipeline's stage, so a process
 killed mid-trial is detected by its heartbeat and its seed re-run, every seed is finished exactly once,
-and asking for more seeds later adds slots. What a trial trains lives in gafi_opt.experiments.multigen.
+and asking for more seeds later adds slots. What a trial trains lives in gafi_opt.experiments.multigen (the
+mix of generators it draws from, in gafi_opt.result.multigen).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ STORAGE_FORMAT = 2
 READS_SINCE = "0.2.0"  # the first gafi-opt version that wrote STORAGE_FORMAT
 CHOICE_ATTR = TAS_PREFIX + "choice"  # stage study system attr: the frozen Choice, as JSON
 REAL_ONLY_PREFIX = "real_only_seed_"  # root attr per seed of the real-only baseline (gafi_opt.train.real_only)
+QUALITY_ATTR = "quality"  # root attr: distribution metrics of the baseline's and the final choice's sets (gafi_opt.result.quality)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

@@ -24,7 +24,7 @@ from gafi_opt.errors import GafiError
 from gafi_opt.pipeline import Pipeline, TrialHooks, pipeline_names
 from gafi_opt.report.artifacts import artifact_dir, copy_sample_grid, register_artifact_dir, store_for_dirs, upload_sample_grid
 from gafi_opt.report.figures import stage_figure
-from gafi_opt.report.formats import markdown_table
+from gafi_opt.report.formats import markdown_table, quality_cell
 from gafi_opt.report.health import stage_warnings
 from gafi_opt.report.rows import summary_row
 from gafi_opt.search.stages import TrialConfig
@@ -99,11 +99,32 @@ def publish_stage(pipeline, stage: str) -> None:
         if study is not None and figure is not None:
             optuna_dashboard.save_plotly_graph_object(study, figure, graph_object_id=STAGE_FIGURE_ID)
         if pipeline.stage_complete(stage):
-            table = markdown_table([summary_row(pipeline)])
-            warnings = "".join(f"\n> **{line}**\n" for line in stage_warnings(pipeline))
-            optuna_dashboard.save_note(pipeline.root, f"## {pipeline.name}\n\nBest hyperparameters so far (accuracies on real test data):\n\n{table}\n{warnings}")
+            publish_root_note(pipeline)
     except (OSError, GafiError, optuna.exceptions.OptunaError) as exc:
         log.warning("could not publish stage %s of %s to the dashboard: %s", stage, pipeline.name, exc)
+
+
+def root_note(pipeline) -> str:
+    """The root study's note: the result table, and what the distribution metrics say once they are measured."""
+    row = summary_row(pipeline)
+    note = f"## {pipeline.name}\n\nBest hyperparameters so far (accuracies on real test data):\n\n{markdown_table([row])}\n"
+    note += "".join(f"\n> **{line}**\n" for line in stage_warnings(pipeline))
+    if row.get("fd") is not None:
+        note += (
+            "\nSynthetic against real val images in the filter classifier's feature space (Fréchet distance: lower is closer; "
+            "k-NN precision: share of synthetic images that look real; recall: share of real images the synthetic set covers), "
+            "synthetic baseline → GaFi's choice, with a real train subset of the same shape for reference: "
+            f"FD {quality_cell(row, 'fd')}, precision {quality_cell(row, 'precision')}, recall {quality_cell(row, 'recall')}.\n"
+        )
+    return note
+
+
+def publish_root_note(pipeline) -> None:
+    """Write the root study's note (never fails the run)."""
+    try:
+        optuna_dashboard.save_note(pipeline.root, root_note(pipeline))
+    except (OSError, GafiError, optuna.exceptions.OptunaError) as exc:
+        log.warning("could not publish the result table of %s to the dashboard: %s", pipeline.name, exc)
 
 
 class DashboardHooks(TrialHooks):
@@ -114,18 +135,23 @@ class DashboardHooks(TrialHooks):
         self.reporter = reporter
 
     def trial_trained(self, plan, study, trial, config, result, pruned):
-        if isinstance(plan, Pipeline):
-            publish_trial(plan, study, trial, config, result, pruned)
+        if (pipeline := _pipeline_of(plan)) is not None:
+            publish_trial(pipeline, study, trial, config, result, pruned)
 
     def trial_reused(self, plan, study, trial, config, source, source_name):
-        if isinstance(plan, Pipeline):
-            publish_reused_trial(plan, study, trial, config, source, source_name)
+        if (pipeline := _pipeline_of(plan)) is not None:
+            publish_reused_trial(pipeline, study, trial, config, source, source_name)
 
     def trial_finished(self, plan, stage):
         if isinstance(plan, Pipeline):
             publish_stage(plan, stage)
         if self.reporter is not None:
             self.reporter(plan, stage)
+
+
+def _pipeline_of(plan) -> Pipeline | None:
+    """The pipeline whose artifact store a plan's trials use: the plan itself, or the one it ablates (multigen: none)."""
+    return plan if isinstance(plan, Pipeline) else getattr(plan, "pipeline", None)
 
 
 def dashboard_artifact_store(storage, explicit: str | None):

@@ -8,7 +8,7 @@ import json
 import math
 
 from gafi_opt.errors import GafiError
-from gafi_opt.report.rows import EXPORT_KEYS
+from gafi_opt.report.rows import EXPORT_KEYS, QUALITY_METRICS, QUALITY_PARTS
 
 FORMATS = ("markdown", "csv", "latex", "json")
 
@@ -27,6 +27,9 @@ def format_rows(rows: list[dict], fmt: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     headers = ["pipeline", "dataset", "mode", "real fraction", "ratio", "checkpoint", "stddev", "threshold", "CAS val", "search best val", "CAS test", "synthetic baseline", "real", "real-only", "gap closed", "gap left"]
+    quality = any(row.get("fd") is not None for row in rows)  # metrics columns once any row has them
+    if quality:
+        headers += [f"{name}: baseline → GaFi (real)" for name in ("FD", "precision", "recall")]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cas = _pct(row["cas_test"]) + (f" ± {_pct(row['cas_test_std'])}" if row["cas_test_std"] is not None else "")
@@ -50,8 +53,24 @@ def markdown_table(rows: list[dict]) -> str:
             _pct(row["gap_closed"]),
             _pct(row.get("remaining_gap")),
         ]
+        if quality:
+            cells += [quality_cell(row, metric) for metric in QUALITY_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def quality_cell(row: dict, metric: str, arrow: str = "→") -> str:
+    """A distribution metric as `synthetic baseline → GaFi (real yardstick)`; - when not measured."""
+    values = [row.get(prefix + metric) for prefix in QUALITY_PARTS]  # final, baseline, real
+    if all(v is None for v in values):
+        return "-"
+    final, baseline, real = (_metric(v, metric) for v in values)
+    return f"{baseline} {arrow} {final} (real {real})"
+
+
+def _metric(value, metric: str) -> str:
+    # FD is in (squared) units of the features; precision and recall are fractions, 3 decimals resolve 1 image in 1000.
+    return "-" if value is None else f"{value:.2f}" if metric == "fd" else f"{value:.3f}"
 
 
 def csv_table(rows: list[dict]) -> str:
@@ -89,6 +108,8 @@ def latex_table(rows: list[dict]) -> str:
     lines += [r"\bottomrule", r"\end{tabular}"]
     if any(row.get("selection") == "test" for row in rows):
         lines.append(r"% $^\dagger$ hyperparameters selected on the test split (the paper's protocol)")
+    if any(row.get("fd") is not None for row in rows):
+        lines.append("% FD, precision, recall: synthetic baseline -> GaFi (real train subset), against real val in the filter classifier's features")
     return "\n".join(lines)
 
 
@@ -120,7 +141,22 @@ def _latex_columns(rows: list[dict]) -> list[tuple]:
         (r"Gap closed (\%)", lambda r: _num(r.get("gap_closed")), "r"),
         ("Gap left (pp)", lambda r: _num(r.get("remaining_gap")), "r"),
     ]
+    if any(row.get("fd") is not None for row in rows):
+        columns += [(name, _latex_quality(metric), "r") for name, metric in (("FD", "fd"), ("Precision", "precision"), ("Recall", "recall"))]
     return columns
+
+
+def _latex_quality(metric: str):
+    """The cell function of a metric's column: `baseline $\rightarrow$ GaFi (real)`."""
+
+    def cell(row: dict) -> str:
+        final, baseline, real = (row.get(prefix + metric) for prefix in QUALITY_PARTS)
+        if final is None and baseline is None:
+            return "--"
+        text = lambda v: "--" if v is None else _metric(v, metric)  # noqa: E731
+        return rf"{text(baseline)} $\rightarrow$ {text(final)} ({text(real)})"
+
+    return cell
 
 
 def _latex_cas(row: dict) -> str:

@@ -1,4 +1,5 @@
-"""The rows of a storage's results: per pipeline, the best hyperparameters and CAS beside both baselines;
+"""The rows of a storage's results: per pipeline, the best hyperparameters and CAS beside both baselines
+(and the distribution metrics of the synthetic sets);
 per multigen study, CAS over its seeds; per stage, the trials by state and what they cost."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from optuna.trial import TrialState
 
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.pipeline.multigen import ATTR, check_study, finished_trials, multigen_studies
+from gafi_opt.pipeline.store import QUALITY_ATTR
 from gafi_opt.search.stages import SEARCH_STAGES, SEARCHED, STAGES
 from gafi_opt.stats import mean_sd
 from gafi_opt.storages import open_storage
@@ -34,7 +36,20 @@ EXPORT_KEYS = (
     "remaining_gap",
     "selection",
     "rule",
+    # Distribution metrics against real val in the filter classifier's feature space (gafi_opt.result.quality):
+    # GaFi's choice, the synthetic baseline, and a real train subset of the same shape as a yardstick.
+    "fd",
+    "precision",
+    "recall",
+    "synthetic_baseline_fd",
+    "synthetic_baseline_precision",
+    "synthetic_baseline_recall",
+    "real_fd",
+    "real_precision",
+    "real_recall",
 )
+QUALITY_PARTS = {"": "final", "synthetic_baseline_": "baseline", "real_": "real"}  # key prefix -> part of the quality attr
+QUALITY_METRICS = ("fd", "precision", "recall")
 
 
 def summary_row(pipeline: Pipeline) -> dict:
@@ -70,6 +85,10 @@ def summary_row(pipeline: Pipeline) -> dict:
         row["remaining_gap"] = row["real_test"] - row["cas_test"]  # what synthetic data still lacks
     if spec.objective == "augment":
         row["gap_closed"] = row["remaining_gap"] = None  # both gaps measure synthetic-only data against real
+    quality = attrs.get(QUALITY_ATTR) or {}
+    for prefix, part in QUALITY_PARTS.items():
+        for metric in QUALITY_METRICS:
+            row[prefix + metric] = quality.get(part, {}).get(metric)
     return row
 
 
