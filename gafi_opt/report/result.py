@@ -12,7 +12,9 @@ gafi-opt itself never reads root trials: a pipeline's stages live in their own s
 Many workers finish a pipeline at about the same moment; each may call `record_result`, and one
 writes the trial. Who writes is decided by an insert-if-absent claim on the root study (tickets
 `result:0`, `result:1`, ...); a claim whose writer died before writing (older than
-CLAIM_GRACE_S and still no trial) is taken over with the next ticket.
+CLAIM_GRACE_S and still no trial) is taken over with the next ticket. Claims are timed by the
+writers' clocks: machines whose clocks disagree by more than the grace period could each write a
+result trial, and a second one (same value, same attrs) would be harmless.
 """
 
 from __future__ import annotations
@@ -65,8 +67,7 @@ def record_result(pipeline: Pipeline) -> FrozenTrial | None:
     trial = optuna.trial.create_trial(
         value=row["cas_val"], params=params, distributions=distributions, user_attrs=row, system_attrs={RESULT_ATTR: True}
     )
-    root = pipeline.root
-    root.add_trial(trial)
+    pipeline.root.add_trial(trial)
     return result_trial(pipeline)
 
 
