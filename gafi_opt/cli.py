@@ -16,7 +16,17 @@ import optuna
 
 from gafi_opt.errors import GafiError
 
+STORAGE_ENV = "GAFI_STORAGE"  # also how gafi_opt.runner hands local workers the URL
 STORAGE_HELP = "Optuna storage URL: sqlite:///file.db, postgresql+psycopg://user@host/db, journal:///file.log or grpc://host:port."
+
+
+def storage_option(what: str = STORAGE_HELP, default: str | None = None):
+    """--storage, read from $GAFI_STORAGE when not given (every command that takes a storage).
+
+    `default`: what a missing value means; without it the option is required.
+    """
+    text = f"{what} Also read from ${STORAGE_ENV}" + (f"; without either, {default}." if default else ".")
+    return click.option("--storage", required=default is None, envvar=STORAGE_ENV, help=text)
 
 
 class GafiGroup(click.Group):
@@ -32,8 +42,12 @@ class GafiGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             # click's own form is three lines (usage, hint, error); ours names the problem and where help is.
+            message = exc.format_message()
+            envvar = getattr(getattr(exc, "param", None), "envvar", None)
+            if isinstance(exc, click.MissingParameter) and isinstance(envvar, str):
+                message = f"{message.rstrip('.')} (or set ${envvar})"
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            click.echo(f"gafi-opt: error: {exc.format_message()}{where}", err=True)
+            click.echo(f"gafi-opt: error: {message}{where}", err=True)
             sys.exit(2)
         except click.ClickException as exc:
             exc.show()
@@ -213,7 +227,7 @@ def _open_for_work(url: str, options, must_exist: bool = False):
 
 @main.command("run")
 @study_argument
-@click.option("--storage", default=None, help=STORAGE_HELP + " Default: an SQLite file in the run directory.")
+@storage_option(default="the spec's storage (default: an SQLite file in the run directory)")
 @artifacts_option
 @set_option
 @click.option(
@@ -235,7 +249,15 @@ def _open_for_work(url: str, options, must_exist: bool = False):
 @grace_option
 @outage_option
 @quiet_option
-def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, workers, threads, heartbeat_interval, grace_period, storage_outage, quiet):
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["markdown", "csv", "latex", "json"]),
+    default="markdown",
+    show_default=True,
+    help="How to print the final table (as `gafi-opt export --format`; json: a list holding the export's row).",
+)
+def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, workers, threads, heartbeat_interval, grace_period, storage_outage, quiet, fmt):
     """Run the whole pipeline of STUDY on this machine, skipping what is already done.
 
     Trains the filter classifier and the generator if needed, runs the checkpoint,
@@ -262,7 +284,7 @@ def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, 
         spec, opened, device or spec.device, workers, _progress(quiet), stage_line, options, log=None if quiet else _note, threads=threads
     )
     stage_line.close()
-    click.echo(format_rows([summary_row(pipeline)], "markdown"))
+    click.echo(format_rows([summary_row(pipeline)], fmt))
     for line in stage_warnings(pipeline):
         _note(line)
 
@@ -272,7 +294,7 @@ def _note(line: str) -> None:
 
 
 @main.command("worker")
-@click.option("--storage", required=True, envvar="GAFI_STORAGE", help=STORAGE_HELP + " Also read from $GAFI_STORAGE.")
+@storage_option()
 @click.option("--pipeline", "name", required=True, help="Name of the pipeline to join (see `gafi-opt status`).")
 @device_option
 @threads_option
@@ -324,7 +346,7 @@ def worker_cmd(storage, name, device, threads, heartbeat_interval, grace_period,
 
 
 @main.command("storage-proxy")
-@click.option("--storage", required=True, envvar="GAFI_STORAGE", help="The RDB storage to serve: sqlite:///file.db or postgresql+psycopg://... Also read from $GAFI_STORAGE.")
+@storage_option("The RDB storage to serve: sqlite:///file.db or postgresql+psycopg://...")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface; the proxy has no authentication).")
 @click.option("--port", default=13000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 def storage_proxy_cmd(storage, host, port):
@@ -350,11 +372,22 @@ def storage_proxy_cmd(storage, host, port):
 
 
 @main.command("status")
-@click.option("--storage", required=True, help=STORAGE_HELP)
+@storage_option()
 @click.option("--pipeline", "names", multiple=True, help="Pipeline name (repeatable; default: all).")
-def status_cmd(storage, names):
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: a list with one object per pipeline (pipeline, current_stage, complete, classifier_epochs, stages: per "
+    "stage its state, trials by Optuna state (complete, pruned, fail, running, waiting), reused and epochs).",
+)
+def status_cmd(storage, names, fmt):
     """Show which stage each pipeline is in, its trials by state, the trials that reused an
     earlier trial's result, and the classifier-epochs each stage spent."""
+    import json
+
     from gafi_opt.pipeline import Pipeline, pipeline_names
     from gafi_opt.report import stage_status
     from gafi_opt.report.health import stage_warnings
@@ -364,24 +397,40 @@ def status_cmd(storage, names):
     names = names or pipeline_names(opened)
     if not names:
         raise GafiError(f"no pipelines in {redact(storage)}")
+    statuses = []
     for name in names:
         pipeline = Pipeline.load(opened, name)
         current = pipeline.current_stage()
-        click.echo(f"pipeline {name}: {'complete' if current is None else 'stage ' + current}")
-        click.echo(f"  {'stage':<11}{'state':<9}{'complete':>9}{'pruned':>8}{'failed':>8}{'running':>9}{'waiting':>9}{'reused':>8}{'epochs':>8}")
         rows = stage_status(pipeline)
-        for row in rows:
+        statuses.append(
+            {
+                "pipeline": name,
+                "current_stage": current,
+                "complete": current is None,
+                "classifier_epochs": sum(r["epochs"] for r in rows),
+                "stages": rows,
+                "warnings": stage_warnings(pipeline),
+            }
+        )
+    if fmt == "json":
+        click.echo(json.dumps(statuses, indent=2))
+        return
+    for status in statuses:
+        current = status["current_stage"]
+        click.echo(f"pipeline {status['pipeline']}: {'complete' if current is None else 'stage ' + current}")
+        click.echo(f"  {'stage':<11}{'state':<9}{'complete':>9}{'pruned':>8}{'failed':>8}{'running':>9}{'waiting':>9}{'reused':>8}{'epochs':>8}")
+        for row in status["stages"]:
             click.echo(
                 f"  {row['stage']:<11}{row['state']:<9}{row['complete']:>9}{row['pruned']:>8}{row['fail']:>8}{row['running']:>9}"
                 f"{row['waiting']:>9}{row['reused']:>8}{row['epochs']:>8}"
             )
-        click.echo(f"  classifier-epochs spent by finished trials: {sum(row['epochs'] for row in rows)} (reused trials cost none)")
-        for line in stage_warnings(pipeline):
+        click.echo(f"  classifier-epochs spent by finished trials: {status['classifier_epochs']} (reused trials cost none)")
+        for line in status["warnings"]:
             click.echo(f"  {line}")
 
 
 @main.command("export")
-@click.option("--storage", required=True, help=STORAGE_HELP)
+@storage_option()
 @click.option("--pipeline", "names", multiple=True, help="Pipeline name (repeatable; default: all).")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex", "json"]), default="markdown", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout.")
@@ -437,7 +486,7 @@ def _write(path: str, text: str) -> None:
 
 
 @main.command("plot")
-@click.option("--storage", required=True, help=STORAGE_HELP)
+@storage_option()
 @click.option("--pipeline", "name", required=True, help="Pipeline name.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the HTML files.")
 @click.option(
@@ -466,7 +515,7 @@ def plot_cmd(storage, name, out_dir, plotlyjs):
 
 
 @main.command("dashboard")
-@click.option("--storage", required=True, help=STORAGE_HELP)
+@storage_option()
 @click.option(
     "--artifacts",
     default=None,
@@ -505,7 +554,7 @@ def dashboard_cmd(storage, artifacts, host, port):
     show_default=True,
     help="steps: multiply every training length in epochs by 1/fraction (same images seen at every fraction); epochs: keep the study's epochs.",
 )
-@click.option("--storage", default=None, help=STORAGE_HELP + " Default: <run_dir>-scarce/gafi.db.")
+@storage_option(default="<run_dir>-scarce/gafi.db")
 @set_option
 @device_option
 @quiet_option
@@ -551,7 +600,7 @@ def scarce_cmd(study_file, fractions, seeds, budget, storage, overrides, device,
 
 
 @main.command("multigen")
-@click.option("--storage", required=True, help=STORAGE_HELP)
+@storage_option()
 @click.option("--pipelines", "pipelines", required=True, metavar="A,B,...", help="Finished pipelines whose generators to combine (comma-separated).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Classifiers to train, one per seed (default: the first pipeline's final.seeds).")
 @device_option

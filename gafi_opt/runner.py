@@ -38,6 +38,7 @@ from gafi_opt.models.device import resolve_device
 from gafi_opt.models.factory import check_generator
 from gafi_opt.pipeline import Interrupted, Pipeline, StageLoop, WorkerOptions, WorkerStats
 from gafi_opt.report.dashboard import DashboardHooks
+from gafi_opt.report.result import record_result
 from gafi_opt.result import record_quality
 from gafi_opt.search.stages import STAGES
 from gafi_opt.spec import Spec
@@ -79,15 +80,19 @@ def run_pipeline(
         work(pipeline, device, progress=progress, reporter=reporter, options=options)
     else:
         run_processes(pipeline, worker_plan(workers, str(device), threads), options, reporter, log)
+        record_result(pipeline)  # the workers did, unless they all died after the last trial
     record_quality(pipeline, device)  # once, here: measured after the final stage, or by the run that resumes it
     return pipeline
 
 
 def work(pipeline: Pipeline, device: torch.device, progress: bool = True, reporter=None, options: WorkerOptions | None = None) -> WorkerStats:
-    """One worker in this process: run the pipeline's trials until every stage is complete."""
+    """One worker in this process: run the pipeline's trials until every stage is complete,
+    then give the root study its result trial (gafi_opt.report.result), if no other worker has."""
     hooks = DashboardHooks(reporter)
     context = lambda: TrialContext(pipeline.spec, load_data(pipeline.spec.data), device)  # noqa: E731 - loaded on the first trial
-    return StageLoop(pipeline, CasObjective(pipeline, context, hooks, progress), options, hooks).run()
+    stats = StageLoop(pipeline, CasObjective(pipeline, context, hooks, progress), options, hooks).run()
+    record_result(pipeline)
+    return stats
 
 
 def prepare(pipeline: Pipeline, device: torch.device, progress: bool = True, data: RealData | None = None) -> RealData:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "studies" / "digits.toml"
+os.environ.pop("GAFI_STORAGE", None)  # every command reads it: a developer's exported storage must not catch the tests' runs
 
 # A whole pipeline in well under a minute on a 2-core CPU: tiny models, few epochs, two points per grid.
 TINY = [

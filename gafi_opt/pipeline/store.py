@@ -1,7 +1,8 @@
 """A pipeline in an Optuna storage: a root study holding the spec, and one study per stage.
 
-Study names: `<name>` (root, no trials: the spec, the real baseline and the run's state
-in its user attrs) and `<name>/<stage>` for each of STAGES. Whoever finds a stage
+Study names: `<name>` (root: the spec, the real baseline and the run's state in its user attrs;
+once the pipeline is complete, one trial holding its result for Optuna's tools, which nothing
+here reads: gafi_opt.report.result) and `<name>/<stage>` for each of STAGES. Whoever finds a stage
 complete creates the next one; creation is atomic (Optuna refuses a duplicate study
 name). A stage's work is a fixed list of slots (gafi_opt.storages.slots: one per grid point, or
 one per trial of a budgeted search), each finished by exactly one trial; a stage is
@@ -30,7 +31,8 @@ from gafi_opt.spec import Spec
 from gafi_opt.stats import mean_sd
 from gafi_opt.storages import TAS_PREFIX, open_storage, redact, set_once, slots, storage_name
 
-SPEC_ATTR = "gafi_spec"
+SPEC_ATTR = "gafi_spec"  # the spec as one JSON string: what gafi-opt reads
+READABLE_SPEC_ATTR = "spec"  # the same spec as a nested dict, for people (optuna studies, optuna-dashboard)
 FORMAT_ATTR = "gafi_storage_format"  # what this gafi-opt writes; a pipeline without it was written by 0.1
 STORAGE_FORMAT = 2
 READS_SINCE = "0.2.0"  # the first gafi-opt version that wrote STORAGE_FORMAT
@@ -63,13 +65,19 @@ class Pipeline:
         `storage`: an opened storage (gafi_opt.storages.open_storage), or a URL to open.
         """
         storage = open_storage(storage)
-        study = optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True)
+        # The root's direction and metric are those of the result trial it gets when complete.
+        study = optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True, direction="maximize")
         stored = study.user_attrs.get(SPEC_ATTR)
         # The stored spec never holds a password (it is shown by dashboards and exports), and the
         # storage a pipeline lives in is not part of what it computes.
         if stored is None:
+            shown = dataclasses.replace(spec, storage=redact(spec.storage)).to_json()
             study.set_user_attr(FORMAT_ATTR, STORAGE_FORMAT)
-            study.set_user_attr(SPEC_ATTR, dataclasses.replace(spec, storage=redact(spec.storage)).to_json())
+            study.set_user_attr(SPEC_ATTR, shown)
+            study.set_user_attr(READABLE_SPEC_ATTR, json.loads(shown))
+            with warnings.catch_warnings():  # set_metric_names is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(["final val CAS"])  # the result trial's value: the final stage's mean val CAS
             return cls(storage, spec)
         _check_format(study, storage)
         if dataclasses.replace(Spec.from_json(stored), storage="") != dataclasses.replace(spec, storage=""):
@@ -77,6 +85,8 @@ class Pipeline:
                 f"pipeline {spec.name!r} already exists in {storage_name(storage)} with a different spec; "
                 "choose another name (--set name=...) or storage"
             )
+        if READABLE_SPEC_ATTR not in study.user_attrs:  # a pipeline stored before the readable copy existed
+            study.set_user_attr(READABLE_SPEC_ATTR, json.loads(stored))
         return cls(storage, spec)
 
     @classmethod

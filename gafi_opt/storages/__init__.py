@@ -3,7 +3,8 @@
 Public face: `open_storage(url)` (SQLite, PostgreSQL or any SQLAlchemy URL, Optuna's journal file, Optuna's
 gRPC proxy), `redact(url)`, `serve_proxy`, and the atomic operations of `atomic`. The backends
 (`_rdb`, `_journal`, `_grpc`) are private: they wrap Optuna's storages where a gap needs it (BEGIN
-IMMEDIATE on SQLite, retries, a flock journal lock, an insert-if-absent attr, a fresh gRPC trial list).
+IMMEDIATE on SQLite, retries, Optuna's journal lock made safe against killed writers, an insert-if-absent attr,
+a fresh gRPC trial list).
 `heartbeat` keeps running trials alive and finds lost ones; `slots` makes every stage's work exactly-once.
 """
 

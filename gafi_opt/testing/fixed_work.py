@@ -5,7 +5,8 @@ many workers do not compete for a small machine's cores) and returns a value tha
 only on the trial's configuration. `fixed_work_spec` is a pipeline whose checkpoint stage is
 a grid of `points` values and needs no data, model or checkpoint; `run_workers` starts worker
 processes on it and returns what each one did. `race` has several processes claim the same
-WAITING trials (or set the same attrs once) at the same moment, to check that each has one winner.
+WAITING trials (or set the same attrs once, or record a finished pipeline's result trial) at the
+same moment, to check that each has one winner.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 
 from gafi_opt.errors import GafiError
 from gafi_opt.pipeline import Pipeline, StageLoop, WorkerOptions
+from gafi_opt.report.result import record_result
 from gafi_opt.search.stages import TrialConfig
 from gafi_opt.spec import Spec, spec_from_dict
 from gafi_opt.storages import open_storage, set_once
@@ -98,9 +100,13 @@ def context() -> multiprocessing.context.BaseContext:
 
 def _race(kind: str, url: str, study_id: int, keys: list[str], start, queue, storage_factory=None) -> None:
     storage = (storage_factory or open_storage)(url)
+    pipeline = Pipeline.load(storage, keys[0]) if kind == "result" else None
     start.wait()
     won = []
-    if kind == "claim":
+    if kind == "result":
+        trial = record_result(pipeline)
+        won = [] if trial is None else [trial.number]
+    elif kind == "claim":
         for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
             try:
                 if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
@@ -114,8 +120,9 @@ def _race(kind: str, url: str, study_id: int, keys: list[str], start, queue, sto
 
 
 def race(kind: str, url: str, study_id: int, racers: int, keys: list[str] = (), storage_factory=None) -> list[list]:
-    """`racers` processes claim every WAITING trial they can (kind "claim") or set every key once
-    ("set_once"), all starting together; returns what each won. `storage_factory(url)` replaces
+    """`racers` processes claim every WAITING trial they can (kind "claim"), set every key once
+    ("set_once") or record the result trial of the finished pipeline keys[0] ("result": the number
+    of the trial each returned), all starting together; returns what each won. `storage_factory(url)` replaces
     gafi-opt's storages (the benchmark races Optuna's stock SQLite storage with it)."""
     ctx = context()
     queue, start = ctx.Queue(), ctx.Event()
