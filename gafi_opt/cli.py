@@ -17,6 +17,11 @@ import optuna
 from gafi_opt.errors import GafiError
 
 STORAGE_ENV = "GAFI_STORAGE"  # also how gafi_opt.runner hands local workers the URL
+# What Ctrl-C leaves behind, for the commands that keep nothing in a storage.
+INTERRUPTED_NOTES = {
+    "train-generator": "the generator's last finished epoch is kept; run it again to resume from there",
+    "train-classifier": "the filter classifier is saved only once trained; run it again to train it",
+}
 STORAGE_HELP = "Optuna storage URL: sqlite:///file.db, postgresql+psycopg://user@host/db, journal:///file.log or grpc://host:port."
 
 
@@ -65,7 +70,7 @@ class GafiGroup(click.Group):
             sys.exit(2)
         except KeyboardInterrupt as exc:
             # gafi_opt.distributed.Interrupted (SIGTERM or Ctrl-C in a worker) says what became of its trial.
-            note = getattr(exc, "trial_note", "") or "finished trials are kept in the storage"
+            note = getattr(exc, "trial_note", "") or INTERRUPTED_NOTES.get(ctx.invoked_subcommand, "finished trials are kept in the storage")
             click.echo(f"gafi-opt: interrupted{' by ' + exc.signal_name if hasattr(exc, 'signal_name') else ''}; {note}", err=True)
             sys.exit(getattr(exc, "exit_status", 130))
         except BrokenPipeError:

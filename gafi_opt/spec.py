@@ -30,6 +30,15 @@ RULES = ("argmax", "fresh", "late", "robust")  # gafi_opt.search.selection: each
 SEARCH_STAGE_NAMES = ("checkpoint", "stddev", "threshold")
 PAPER_SELECTION = ["selection=test", *(f"{stage}.rule=argmax" for stage in SEARCH_STAGE_NAMES)]  # `--paper-selection`
 
+# Sizes past which a value is a typo, not a study: each would fill memory or run for days.
+MAX_GRID_POINTS = 10_000  # values of one stage's grid (and trials of one budgeted stage)
+MAX_IMAGE_SIDE = 1024  # data.image_size, and the side of any image a source reads
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_WIDTH = 4_096  # channels or hidden units
+MAX_LATENT = 16_384
+MAX_SEED = 2**31 - 1  # seed + final.seeds stays below 2**32, numpy's limit
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -158,7 +167,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     if not path.is_file():
         raise GafiError(f"study file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # editors on Windows may start the file with a BOM
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise GafiError(f"study file {path} is not valid TOML: {exc}") from None
     raw.setdefault("name", path.stem)
@@ -257,46 +266,165 @@ def _grid_values(value: Any, origin: str, key: str) -> tuple[float, ...]:
         if extra or not {"start", "stop", "step"} <= set(value):
             raise GafiError(f"{origin}: {key} must be a list or a table with start, stop and step")
         start, stop, step = (_coerce(value[k], float, origin, f"{key}.{k}") for k in ("start", "stop", "step"))
+        for name, number in (("start", start), ("stop", stop), ("step", step)):
+            if not math.isfinite(number):
+                raise GafiError(f"{origin}: {key}.{name} must be a finite number, got {number}")
         if step <= 0 or stop < start:
             raise GafiError(f"{origin}: {key} needs step > 0 and stop >= start")
+        points = (stop - start) / step + 1  # counted before anything is materialised
+        if not points <= MAX_GRID_POINTS:
+            raise GafiError(f"{origin}: {key} makes {points:.3g} grid points, more than {MAX_GRID_POINTS}: raise step or narrow start..stop")
         count = int(math.floor((stop - start) / step + 1e-9)) + 1
         return tuple(round(start + i * step, 10) for i in range(count))
-    return _coerce(value, tuple[float, ...], origin, key)
+    values = _coerce(value, tuple[float, ...], origin, key)
+    if len(values) > MAX_GRID_POINTS:
+        raise GafiError(f"{origin}: {key} lists {len(values)} values, more than {MAX_GRID_POINTS}")
+    return values
 
 
 # ---------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values one number of the spec may take: low to high, an end included unless marked open."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = _plain(self.low), _plain(self.high)
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
+SHARE = Range(0, 1, low_open=True)  # (0, 1]
+UNIT = Range(0, 1, high_open=True)  # [0, 1): betas, momentum, decays
+SEED = Range(0, MAX_SEED)
+EPOCHS = Range(1, MAX_EPOCHS)
+BATCH = Range(1, MAX_BATCH)
+WIDTH = Range(1, MAX_WIDTH)
+LR = Range(0, 10, low_open=True)
+
+# The range of every number in a spec (a tuple's items each), checked before anything is prepared or
+# trained; tests/test_hostile_input.py checks that no numeric field is missing. A stage's `values`
+# depend on the stage and are checked in _validate.
+RANGES: dict[type, dict[str, Range]] = {
+    Spec: {"seed": SEED, "augment_ratio": Range(0, 100, low_open=True)},
+    DataSpec: {
+        "val_fraction": FRACTION,
+        "test_fraction": FRACTION,
+        "image_size": Range(0, MAX_IMAGE_SIDE),
+        "real_fraction": SHARE,
+        "split_seed": SEED,
+    },
+    GeneratorSpec: {
+        "latent_dim": Range(1, MAX_LATENT),
+        "width": WIDTH,
+        "embed_dim": WIDTH,
+        "epochs": EPOCHS,
+        "batch_size": BATCH,
+        "lr": LR,
+        "betas": UNIT,
+        "d_steps": Range(1, 100),
+        "ema_decay": UNIT,
+        "ema_start": Range(0, 2**31 - 1),
+    },
+    ClassifierSpec: {
+        "width": WIDTH,
+        "epochs": EPOCHS,
+        "batch_size": BATCH,
+        "lr": LR,
+        "momentum": UNIT,
+        "weight_decay": UNIT,  # decoupled: weights shrink by weight_decay per step at the base lr
+        "lr_milestones": FRACTION,
+        "crop_padding": Range(0, MAX_IMAGE_SIDE),
+        "cutout_size": Range(0, MAX_IMAGE_SIDE),
+        "eval_batch_size": BATCH,
+    },
+    SynthSpec: {
+        "samples_per_class": Range(0, 100_000),
+        "max_attempts": Range(1, 1000),
+        "batch_size": BATCH,
+        "recycle_fraction": SHARE,
+    },
+    StageSpec: {
+        "n_trials": Range(0, MAX_GRID_POINTS),
+        "recycle_every": Range(0, MAX_EPOCHS),
+        "pruner_warmup": Range(0, MAX_EPOCHS),
+        "pruner_startup_trials": Range(0, MAX_GRID_POINTS),
+        "pruner_min_epochs": Range(0, MAX_EPOCHS),
+        "pruner_reduction": Range(2, 100),
+        "seeds": Range(1, 1000),
+    },
+}
+
+
+def _check_numbers(node: Any, prefix: str, fail) -> None:
+    """Every number finite (nan != nan would make a stored spec differ from itself) and in its range."""
+    for item in dataclasses.fields(node):
+        value, key = getattr(node, item.name), f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            _check_numbers(value, f"{key}.", fail)
+            continue
+        _check_finite(value, key, fail)
+        allowed = RANGES.get(type(node), {}).get(item.name)
+        if allowed is None:
+            continue
+        if isinstance(value, tuple):
+            if any(v not in allowed for v in value):
+                fail(f"{key} must each be {allowed}, got {list(value)}")
+        elif value not in allowed:
+            fail(f"{key} must be {allowed}, got {value!r}")
+
+
+def _check_finite(value: Any, key: str, fail) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(f"{key} must be a finite number, got {value}")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(item, key, fail)
+    elif isinstance(value, dict):  # generator.options reach a factory, and are stored with the spec
+        for name, item in value.items():
+            _check_finite(item, f"{key}.{name}", fail)
 
 
 def _validate(spec: Spec, origin: str) -> None:
     def fail(message: str):
         raise GafiError(f"{origin}: {message}")
 
+    _check_numbers(spec, "", fail)
     if not spec.name or "/" in spec.name:
         fail(f"name must be a non-empty string without '/', got {spec.name!r}")
     if spec.data.source not in DATA_SOURCES:
         fail(f"unknown dataset source {spec.data.source!r} (known: {', '.join(DATA_SOURCES)})")
     if spec.data.source in ("npz", "folder", "cinic10") and not spec.data.root:
         fail(f"data.root must name the {spec.data.source} data for this source")
-    for key in ("val_fraction", "test_fraction"):
-        if not 0 < getattr(spec.data, key) < 1:
-            fail(f"data.{key} must be in (0, 1)")
-    if not 0 < spec.data.real_fraction <= 1:
-        fail("data.real_fraction must be in (0, 1]")
     if spec.data.resize and spec.data.image_size <= 0:
         fail("data.resize needs data.image_size > 0 (the side to resize to)")
     if spec.selection not in ("val", "test"):
         fail("selection must be 'val' or 'test'")
     if spec.objective not in OBJECTIVES:
         fail(f"objective must be one of {', '.join(OBJECTIVES)}")
-    if spec.augment_ratio <= 0:
-        fail("augment_ratio must be > 0")
     if spec.precision not in PRECISIONS:
         fail(f"precision must be one of {', '.join(PRECISIONS)}, got {spec.precision!r}")
     if spec.objective == "augment" and spec.synth.samples_per_class:
         # Two sizes for one set would be ambiguous: in augment mode the ratio decides.
         fail("synth.samples_per_class must stay 0 with objective 'augment' (augment_ratio sets the synthetic set size)")
-    if spec.generator.epochs < 1 or spec.generator.latent_dim < 1:
-        fail("generator.epochs and generator.latent_dim must be >= 1")
     unknown = [op for op in spec.generator.diffaug if op not in DIFFAUG_OPS]
     if unknown:
         fail(f"generator.diffaug: unknown operation {unknown[0]!r} (known: {', '.join(DIFFAUG_OPS)})")
@@ -305,14 +433,6 @@ def _validate(spec: Spec, origin: str) -> None:
         bad = [a for a in cspec.augment if a not in AUGMENTATIONS]
         if bad:
             fail(f"{part}.augment: unknown augmentation {bad[0]!r} (known: {', '.join(AUGMENTATIONS)})")
-        if cspec.epochs < 1 or cspec.batch_size < 1:
-            fail(f"{part}.epochs and {part}.batch_size must be >= 1")
-        if any(not 0 < m < 1 for m in cspec.lr_milestones):
-            fail(f"{part}.lr_milestones are fractions of the epochs, each in (0, 1)")
-    if spec.synth.max_attempts < 1:
-        fail("synth.max_attempts must be >= 1")
-    if not 0 < spec.synth.recycle_fraction <= 1:
-        fail("synth.recycle_fraction must be in (0, 1]")
     for name in STAGE_NAMES:
         stage = spec.stage(name)
         where = f"{name}."
@@ -320,22 +440,12 @@ def _validate(spec: Spec, origin: str) -> None:
             fail(f"{where}search must be one of {', '.join(SEARCH_MODES)}")
         if stage.pruner not in PRUNERS:
             fail(f"{where}pruner must be one of {', '.join(PRUNERS)}")
-        if stage.recycle_every < 0:
-            fail(f"{where}recycle_every must be >= 0 (0: never renew)")
-        if stage.seeds < 1:
-            fail(f"{where}seeds must be >= 1")
-        if stage.pruner_min_epochs < 0:
-            fail(f"{where}pruner_min_epochs must be >= 0 (0: after the first learning-rate milestone)")
-        if stage.pruner_reduction < 2:
-            fail(f"{where}pruner_reduction must be >= 2")
-        if stage.n_trials < 0:
-            fail(f"{where}n_trials must be >= 0 (0: a quarter of the grid)")
         if stage.rule not in RULES:
             fail(f"{where}rule must be one of {', '.join(RULES)}, got {stage.rule!r}")
     if not spec.checkpoint.values:
         fail("checkpoint.values must list the generator epochs to compare")
-    if any(v < 1 or v != int(v) for v in spec.checkpoint.values):
-        fail("checkpoint.values must be whole epochs >= 1")
+    if any(v < 1 or v > MAX_EPOCHS or v != int(v) for v in spec.checkpoint.values):
+        fail(f"checkpoint.values must be whole epochs in [1, {MAX_EPOCHS}]")
     if not spec.generator.checkpoints and max(spec.checkpoint.values) > spec.generator.epochs:
         fail(f"checkpoint.values go past generator.epochs ({spec.generator.epochs})")
     if not spec.stddev.values or any(v <= 0 for v in spec.stddev.values):

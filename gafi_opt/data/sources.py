@@ -3,7 +3,8 @@
 Every source is read into CPU tensors once: images uint8 (N, C, H, W), labels int64 (N,).
 Splits a source lacks are carved from its train split, stratified and seeded by
 `DataSpec.split_seed`, so every worker of a study sees the same images. Bad input
-(a missing file, folder or key) raises GafiError with a one-line message.
+(a missing file, folder or key; labels that are not the classes 0..K-1, each with train images;
+an empty split; sizes past the limits below) raises GafiError with a one-line message.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from gafi_opt.errors import GafiError, one_line
-from gafi_opt.spec import DataSpec
+from gafi_opt.spec import MAX_IMAGE_SIDE, DataSpec
 
 DEFAULT_ROOT = "data"  # torchvision sources with no data.root
+# Past these a dataset is a mistake (a stray label of 50000, a header claiming 10^9 images), not a
+# study: checked before the images are read, so the mistake costs no memory and no minutes.
+MAX_CLASSES = 10_000
+MAX_IMAGES = 10_000_000  # per split
 
 # source -> (torchvision class name, subfolder of root its files live in)
 TORCHVISION_SOURCES = {
@@ -147,6 +152,7 @@ def _read_npz(spec: DataSpec) -> _Loaded:
             for name in (images_key, labels_key):
                 if name not in keys:
                     raise GafiError(f"{path} has no key {name!r} (keys: {', '.join(sorted(keys))})")
+                _check_size(_npz_shape(archive, name), f"{path} {name}")
             try:
                 images, labels = archive[images_key], archive[labels_key]
             except ValueError as exc:  # e.g. an object array with allow_pickle=False
@@ -155,6 +161,26 @@ def _read_npz(spec: DataSpec) -> _Loaded:
             y = _labels_to_tensor(labels, f"{path} {labels_key}")
             splits[key] = (x, y)
     return _Loaded(splits, path.stem)
+
+
+def _npz_shape(archive: np.lib.npyio.NpzFile, name: str) -> tuple[int, ...]:
+    """An array's shape from its .npy header, without reading the array; () when the header is unusual
+    (reading the array then gives its own error)."""
+    try:
+        with archive.zip.open(f"{name}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return tuple(read_header(member)[0])
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return ()
+
+
+def _check_size(shape: tuple[int, ...], where: str) -> None:
+    """Refuse an array of more than MAX_IMAGES items, or images with a side past MAX_IMAGE_SIDE."""
+    if shape and shape[0] > MAX_IMAGES:
+        raise GafiError(f"{where}: {shape[0]} items, more than {MAX_IMAGES}")
+    if len(shape) >= 3 and max(shape[1], shape[2]) > MAX_IMAGE_SIDE:
+        raise GafiError(f"{where}: images of {shape[2]}x{shape[1]}, larger than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
 
 
 def _read_folder(spec: DataSpec) -> _Loaded:
@@ -186,6 +212,8 @@ def _read_folder(spec: DataSpec) -> _Loaded:
         except FileNotFoundError as exc:
             raise GafiError(f"{folder}: {exc}") from None
 
+    for key, folder in folders.items():
+        _check_size((len(samples[key]),), str(folder))
     # Decode every image of every split in one pass, so channels and sizes are unified across splits.
     paths = [path for key in folders for path, _ in samples[key]]
     images = _stack_images([_decode(path) for path in paths], paths)
@@ -211,7 +239,9 @@ def _find_classes(folder: Path) -> tuple[list[str], dict[str, int]]:
 def _decode(path: str) -> np.ndarray:
     """One image as (H, W) grey or (H, W, 3) RGB uint8."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only: the size is known before decoding
+            if max(image.size) > MAX_IMAGE_SIDE:
+                raise GafiError(f"image {path} is {image.width}x{image.height}, larger than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
             mode = "L" if image.mode in ("1", "L", "LA") else "RGB"
             return np.asarray(image if image.mode == mode else image.convert(mode))
     except OSError as exc:
@@ -241,6 +271,7 @@ def _images_to_nchw(images: np.ndarray, where: str) -> torch.Tensor:
         if images.dtype.kind not in "iu" or images.size and (images.min() < 0 or images.max() > 255):
             raise GafiError(f"{where}: images must be uint8 values 0..255, got {images.dtype}")
         images = images.astype(np.uint8)
+    _check_size(images.shape, where)
     x = torch.from_numpy(np.ascontiguousarray(images))
     if x.ndim == 3:
         return x.unsqueeze(1)
@@ -301,21 +332,32 @@ def stratified_subset(y: torch.Tensor, fraction: float, seed: int) -> torch.Tens
 
 
 def _check_labels(loaded: _Loaded) -> int:
-    """Labels must be 0..K-1; K is the dataset's class count, else max label + 1."""
-    splits = loaded.splits
-    if not len(splits["train"][1]):
-        raise GafiError(f"{loaded.name} has no train images")
+    """Labels must be 0..K-1, K >= 2, every class with train images, no split empty;
+    K is the dataset's class count, else max label + 1."""
+    splits, name = loaded.splits, loaded.name
     for key, (x, y) in splits.items():
+        if not len(y):
+            raise GafiError(f"{name}: the {key} split has no images")
         if len(x) != len(y):
-            raise GafiError(f"{loaded.name} {key}: {len(x)} images but {len(y)} labels")
-        if len(y) and y.min() < 0:
-            raise GafiError(f"{loaded.name} {key}: negative class label {int(y.min())}")
-    top = max(int(y.max()) for _, y in splits.values() if len(y))
-    if loaded.num_classes is None:
-        return top + 1
-    if top >= loaded.num_classes:
-        raise GafiError(f"{loaded.name}: label {top} out of range for {loaded.num_classes} classes")
-    return loaded.num_classes
+            raise GafiError(f"{name} {key}: {len(x)} images but {len(y)} labels")
+        if y.min() < 0:
+            raise GafiError(f"{name} {key}: negative class label {int(y.min())}")
+    top = max(int(y.max()) for _, y in splits.values())
+    if loaded.num_classes is not None and top >= loaded.num_classes:
+        raise GafiError(f"{name}: label {top} out of range for {loaded.num_classes} classes")
+    num_classes = loaded.num_classes or top + 1
+    if num_classes > MAX_CLASSES:
+        raise GafiError(f"{name}: label {top} makes {num_classes} classes, more than {MAX_CLASSES} (labels number the classes 0..K-1)")
+    if num_classes < 2:
+        raise GafiError(f"{name} has a single class (label 0): a classifier needs at least 2")
+    # A class with no train images would have no filter, no generator and a CAS it can only get wrong.
+    in_train = torch.bincount(splits["train"][1], minlength=num_classes)
+    if not in_train.all():
+        absent = int((in_train == 0).nonzero()[0])
+        elsewhere = [key for key, (_, y) in splits.items() if (y == absent).any()]
+        where = f" (only in {', '.join(elsewhere)})" if elsewhere else ""
+        raise GafiError(f"{name}: class {absent} has no train images{where}: labels must be 0..{num_classes - 1}, each with train images")
+    return num_classes
 
 
 def _check_shapes(loaded: _Loaded) -> None:

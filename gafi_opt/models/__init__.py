@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
 from gafi_opt.errors import GafiError
@@ -12,6 +14,21 @@ BUILTIN_GENERATORS = ("mlp", "dcgan", "biggan-deep")
 CLASSIFIERS = ("small-cnn", "resnet20")
 
 
+def _spec_errors(build):
+    """A built-in model's ValueError (a width or image shape it cannot take) is bad input: a GafiError."""
+
+    @functools.wraps(build)
+    def wrapped(spec, image_shape, num_classes):
+        try:
+            return build(spec, image_shape, num_classes)
+        except ValueError as exc:
+            kind = "generator" if isinstance(spec, GeneratorSpec) else "classifier"
+            raise GafiError(f"{kind} arch {spec.arch!r}: {exc}") from None
+
+    return wrapped
+
+
+@_spec_errors
 def build_classifier(spec: ClassifierSpec, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     if spec.arch == "small-cnn":
         return SmallCNN(image_shape[0], num_classes, width=spec.width)
@@ -22,6 +39,7 @@ def build_classifier(spec: ClassifierSpec, image_shape: tuple[int, int, int], nu
     raise GafiError(f"unknown classifier arch {spec.arch!r} (known: {', '.join(CLASSIFIERS)})")
 
 
+@_spec_errors
 def build_generator(spec: GeneratorSpec, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     if spec.arch == "mlp":
         return MLPGenerator(spec.latent_dim, num_classes, image_shape, width=spec.width)
@@ -40,6 +58,7 @@ def build_generator(spec: GeneratorSpec, image_shape: tuple[int, int, int], num_
     )
 
 
+@_spec_errors
 def build_discriminator(spec: GeneratorSpec, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     if spec.arch == "mlp":
         return MLPDiscriminator(num_classes, image_shape, width=spec.width)

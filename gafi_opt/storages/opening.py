@@ -12,7 +12,7 @@ from gafi_opt.errors import GafiError, one_line
 from gafi_opt.storages._grpc import open_grpc
 from gafi_opt.storages._journal import open_journal
 from gafi_opt.storages._rdb import open_rdb
-from gafi_opt.storages.urls import is_journal, local_file, redact, scrub
+from gafi_opt.storages.urls import is_journal, local_file, password_has_at, redact, scrub
 
 
 def open_storage(url: "str | BaseStorage", must_exist: bool = False) -> BaseStorage:
@@ -26,6 +26,8 @@ def open_storage(url: "str | BaseStorage", must_exist: bool = False) -> BaseStor
         if not hasattr(url, "url"):
             raise GafiError(f"{type(url).__name__} is not a gafi-opt storage: open it with gafi_opt.storages.open_storage(URL)")
         return url
+    if password_has_at(url):
+        raise GafiError(f"the password in {redact(url)} holds an '@': write it as %40, or the rest is taken for the host")
     if must_exist:
         path = local_file(url)
         if path is not None and not path.exists():

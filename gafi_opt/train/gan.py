@@ -19,7 +19,7 @@ from gafi_opt.data.augment import diff_augment
 from gafi_opt.data.fingerprint import bind_run_data
 from gafi_opt.errors import GafiError
 from gafi_opt.models import build_discriminator, build_generator
-from gafi_opt.models.checkpoints import atomic_save, generator_dir
+from gafi_opt.models.checkpoints import atomic_save, generator_dir, read_weights
 from gafi_opt.spec import Spec
 
 
@@ -126,10 +126,10 @@ def _generator_step(generator, discriminator, opt_g, batch, num_classes, device,
 
 
 def _load_training_state(path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise GafiError(f"cannot read generator training state {path}: {' '.join(str(exc).split())[:200]}") from None
+    state = read_weights(path, "generator training state")
+    if not isinstance(state, dict):
+        raise GafiError(f"generator training state {path} is not one gafi-opt wrote")
+    return state
 
 
 def _mean(values) -> float:

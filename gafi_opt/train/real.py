@@ -17,7 +17,7 @@ from gafi_opt.data import RealData
 from gafi_opt.data.fingerprint import bind_run_data
 from gafi_opt.errors import GafiError
 from gafi_opt.models import build_classifier
-from gafi_opt.models.checkpoints import atomic_save
+from gafi_opt.models.checkpoints import atomic_save, read_weights
 from gafi_opt.spec import Spec
 from gafi_opt.train.classifier import ClassifierTrainer
 
@@ -60,13 +60,13 @@ def train_real_classifier(spec: Spec, data: RealData, device: torch.device, prog
 
 def _read(spec: Spec) -> dict:
     path = filter_path(spec)
+    if not path.exists():
+        raise GafiError(f"no filter classifier at {path}: run 'gafi-opt train-classifier' first")
+    saved = read_weights(path, "filter classifier")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
         saved["state_dict"], saved["val_acc"], saved["test_acc"]
-    except FileNotFoundError:
-        raise GafiError(f"no filter classifier at {path}: run 'gafi-opt train-classifier' first") from None
-    except Exception as exc:
-        raise GafiError(f"cannot read filter classifier {path}: {' '.join(str(exc).split())[:200]}") from None
+    except (KeyError, TypeError, IndexError):
+        raise GafiError(f"filter classifier {path} is not one gafi-opt wrote (it lacks state_dict, val_acc or test_acc)") from None
     return saved
 
 
