@@ -642,7 +642,7 @@ def multigen_cmd(storage, pipelines, seeds, device, threads, heartbeat_interval,
 
 
 @main.command("sample")
-@click.option("--storage", required=True, envvar="GAFI_STORAGE", help=STORAGE_HELP + " Also read from $GAFI_STORAGE.")
+@storage_option()
 @click.option("--pipeline", "name", required=True, help="A finished pipeline, or a multigen study (multigen/A+B).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="The .npz file or the image folder to write.")
 @click.option("--per-class", type=click.IntRange(min=1), default=None, help="Images per class (default: the pipeline's synthetic set size).")
@@ -684,14 +684,15 @@ def _open(storage):
 
 
 @main.command("ablate")
-@click.option("--storage", required=True, envvar="GAFI_STORAGE", help=STORAGE_HELP + " Also read from $GAFI_STORAGE.")
+@storage_option()
 @click.option("--pipeline", "name", required=True, help="A finished pipeline.")
 @device_option
 @threads_option
 @heartbeat_option
 @grace_option
+@outage_option
 @quiet_option
-def ablate_cmd(storage, name, device, threads, heartbeat_interval, grace_period, quiet):
+def ablate_cmd(storage, name, device, threads, heartbeat_interval, grace_period, storage_outage, quiet):
     """Train what each GaFi technique adds to the final choice: the choice with filtering,
     expansion (stddev) and recycling each left out, then each alone, then none, over the final
     stage's seeds; print the table beside the full GaFi row.
@@ -706,10 +707,10 @@ def ablate_cmd(storage, name, device, threads, heartbeat_interval, grace_period,
     from gafi_opt.report.ablation import ablation_rows, format_ablation
     from gafi_opt.report.dashboard import DashboardHooks
 
-    options = _worker_options(heartbeat_interval, grace_period)
+    options = _worker_options(heartbeat_interval, grace_period, storage_outage)
     _set_threads(threads)
     plan, _ = run_ablation(
-        _open(storage), name, resolve_device(device) if device else None, progress=_progress(quiet), options=options, hooks=DashboardHooks()
+        _open_for_work(storage, options, must_exist=True), name, resolve_device(device) if device else None, progress=_progress(quiet), options=options, hooks=DashboardHooks()
     )
     click.echo(format_ablation(ablation_rows(plan.pipeline), "markdown"))
 

@@ -80,19 +80,25 @@ def run_pipeline(
         work(pipeline, device, progress=progress, reporter=reporter, options=options)
     else:
         run_processes(pipeline, worker_plan(workers, str(device), threads), options, reporter, log)
-        record_result(pipeline)  # the workers did, unless they all died after the last trial
-    record_quality(pipeline, device)  # once, here: measured after the final stage, or by the run that resumes it
+        finish(pipeline, device)  # the workers did, unless they all died after the last trial
     return pipeline
 
 
 def work(pipeline: Pipeline, device: torch.device, progress: bool = True, reporter=None, options: WorkerOptions | None = None) -> WorkerStats:
-    """One worker in this process: run the pipeline's trials until every stage is complete,
-    then give the root study its result trial (gafi_opt.report.result), if no other worker has."""
+    """One worker in this process: run the pipeline's trials until every stage is complete, then finish it."""
     hooks = DashboardHooks(reporter)
     context = lambda: TrialContext(pipeline.spec, load_data(pipeline.spec.data), device)  # noqa: E731 - loaded on the first trial
     stats = StageLoop(pipeline, CasObjective(pipeline, context, hooks, progress), options, hooks).run()
-    record_result(pipeline)
+    finish(pipeline, device)
     return stats
+
+
+def finish(pipeline: Pipeline, device: torch.device) -> None:
+    """What a complete pipeline gets once, from whichever worker sees it complete first: the distribution
+    metrics of its synthetic sets (gafi_opt.result), then the root study's result trial carrying the
+    export row with them (gafi_opt.report.result)."""
+    record_quality(pipeline, device)
+    record_result(pipeline)
 
 
 def prepare(pipeline: Pipeline, device: torch.device, progress: bool = True, data: RealData | None = None) -> RealData:

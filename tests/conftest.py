@@ -57,14 +57,15 @@ def tiny_pipeline(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_paper_pipeline(tiny_pipeline):
-    """The tiny pipeline again under the paper's argmax rule (on val), beside it in the same storage and run
+    """The tiny pipeline again under the paper's argmax rule (on val), in a storage of its own but the same run
     directory (so only its trials train): (spec, storage URL)."""
     from click.testing import CliRunner
 
     from gafi_opt.cli import main
     from gafi_opt.spec import load_spec
 
-    spec, url = tiny_pipeline
+    spec, _ = tiny_pipeline
+    url = f"sqlite:///{spec.run_path.parent / 'paper.db'}"  # its own storage: the tiny one keeps one pipeline
     overrides = [*tiny_overrides(spec.run_path, name="tiny-paper"), *(f"{s}.rule=argmax" for s in ("checkpoint", "stddev", "threshold"))]
     args = ["run", str(DIGITS), "--quiet", "--storage", url] + [arg for o in overrides for arg in ("--set", o)]
     result = CliRunner().invoke(main, args, catch_exceptions=False)

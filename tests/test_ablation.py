@@ -109,7 +109,7 @@ def test_export_ablation_in_every_format_matches_the_storage(storage, tmp_path):
     def export(fmt):
         result = invoke("export", "--storage", url, "--ablation", "--format", fmt)
         assert result.exit_code == 0, result.output
-        return result.output
+        return result.stdout
 
     truth = {"gafi": [t.user_attrs["test_acc"] for t in Pipeline.load(url, spec.name).finished_trials("final")]}
     for trial in trials(url, spec.name):

@@ -55,9 +55,9 @@ def test_each_stage_study_carries_its_key_figure(tiny_pipeline):
     pipeline = Pipeline.load(url, spec.name)
     for stage in ("checkpoint", "stddev", "threshold"):
         figure = _graph_json(pipeline.stage_study(stage))
-        best = pipeline.best_trial(stage)
-        (star,) = [t for t in figure["data"] if t.get("name", "").startswith("best")]
-        assert star["x"] == [best.params[stage]] and star["y"] == pytest.approx([100 * best.value])
+        choice = pipeline.choice(stage)
+        (star,) = [t for t in figure["data"] if t.get("name", "").startswith("chosen")]
+        assert star["x"] == [choice.value] and star["y"] == pytest.approx([100 * choice.score])
         assert f"CAS against {stage}" in figure["layout"]["title"]["text"]
     final = _graph_json(pipeline.stage_study("final"))
     assert len(final["data"]) == spec.final.seeds

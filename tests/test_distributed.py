@@ -142,7 +142,7 @@ def test_a_stage_whose_creator_died_is_completed(tmp_path):
     name = new_pipeline(url, 5)
     pipeline = Pipeline.load(url, name)
     study = optuna.create_study(study_name=pipeline.study_name(GRID_STAGE), storage=pipeline.storage, direction="maximize")
-    slots.enqueue(pipeline.storage, study._study_id, 0, {"checkpoint": 1})
+    slots.enqueue(pipeline.storage, study._study_id, 0, pipeline.slot_params(GRID_STAGE)[0])
     options = WorkerOptions(heartbeat_interval=1, grace_period=2, poll=0.05, ready_wait=0.5, stages=(GRID_STAGE,))
     stats = StageLoop(pipeline, FixedWork(0.0), options).run()
     assert_exactly_once(url, name, 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -18,9 +19,9 @@ from optuna.trial import TrialState
 
 from gafi_opt.cli import main
 from gafi_opt.errors import GafiError
-from gafi_opt.result.multigen import MultiGenRun, shares
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.pipeline.multigen import load_members
+from gafi_opt.result.multigen import MultiGenRun, shares
 from gafi_opt.spec import load_spec
 
 # One point per grid (different per pipeline, so each member's own values are visible), one final seed.
@@ -114,7 +115,7 @@ def test_export_adds_a_row_per_generator_count(storage):
     assert _invoke("multigen", "--storage", url, "--pipelines", "mgA,mgB", "--seeds", 2, "--quiet").exit_code == 0
     result = _invoke("export", "--storage", url, "--format", "json")
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [r["pipeline"] for r in rows][:2] == ["mgA", "mgB"]
     multi = [r for r in rows if r.get("generators")]
     assert [(r["pipeline"], r["generators"]) for r in multi] == [("multigen/mgA", 1), ("multigen/mgA+mgB", 2)]
@@ -128,7 +129,7 @@ def test_export_adds_a_row_per_generator_count(storage):
     table = _invoke("export", "--storage", url)
     assert "multigen/mgA (K=1)" in table.output and "multigen/mgA+mgB (K=2)" in table.output
     # Naming only mgB leaves out the studies that also use mgA.
-    only_b = json.loads(_invoke("export", "--storage", url, "--pipeline", "mgB", "--format", "json").output)
+    only_b = json.loads(_invoke("export", "--storage", url, "--pipeline", "mgB", "--format", "json").stdout)
     assert [r["pipeline"] for r in only_b] == ["mgB"]
 
 
@@ -154,7 +155,8 @@ def test_bad_pipeline_sets_are_one_line_errors(storage, tmp_path):
     assert not [s for s in optuna.get_all_study_summaries(copy_url) if s.study_name.startswith("multigen/mgA+mgC")]
 
 
-def test_a_multigen_process_killed_mid_trial_is_followed_by_one_that_reruns_the_lost_seed(storage, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+def test_a_multigen_process_stopped_mid_trial_is_followed_by_one_that_reruns_the_lost_seed(storage, tmp_path, signum):
     root, _ = storage
     copy = tmp_path / "killed.db"  # its own copy of the two finished pipelines
     with sqlite3.connect(root / "gafi.db") as source, sqlite3.connect(copy) as target:
@@ -174,8 +176,9 @@ def test_a_multigen_process_killed_mid_trial_is_followed_by_one_that_reruns_the_
         if running:
             break
         time.sleep(0.05)
-    process.kill()
-    process.wait(timeout=20)
+    process.send_signal(signum)
+    stopped = process.wait(timeout=60)
+    assert stopped == (-signal.SIGKILL if signum == signal.SIGKILL else 130), process.stderr.read()
     victim = running[0]
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -185,8 +188,10 @@ def test_a_multigen_process_killed_mid_trial_is_followed_by_one_that_reruns_the_
     complete = sorted(t.params["seed"] for t in trials if t.state == TrialState.COMPLETE)
     assert complete == [0, 1]  # every seed once: the lost one re-run, none twice
     killed = next(t for t in trials if t._trial_id == victim._trial_id)
-    assert killed.state == TrialState.FAIL and killed.system_attrs["gafi:fail_reason"].startswith("lost worker: ")
-    rows = json.loads(_invoke("export", "--storage", url, "--format", "json").output)
+    # SIGKILL: the next process's heartbeat sweep fails it; Ctrl-C: the stopped process failed and re-queued it itself.
+    reason = "lost worker: " if signum == signal.SIGKILL else "interrupted by SIGINT"
+    assert killed.state == TrialState.FAIL and killed.system_attrs["gafi:fail_reason"].startswith(reason)
+    rows = json.loads(_invoke("export", "--storage", url, "--format", "json").stdout)
     assert next(r for r in rows if r["pipeline"] == "multigen/mgA+mgB")["seeds"] == 2
 
 

@@ -22,7 +22,7 @@ from gafi_opt.models.biggan import BigGANDeepGenerator
 from gafi_opt.models.checkpoints import load_generator, require_checkpoints
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.search.stages import STAGES
-from gafi_opt.spec import load_spec
+from gafi_opt.spec import PAPER_SELECTION, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR10 = ROOT / "studies" / "cifar10.toml"
@@ -63,7 +63,7 @@ def tiny_cifar_run(tmp_path_factory):
     args = ["run", str(CIFAR10), "--paper-selection", "--quiet", "--storage", url] + [a for o in overrides for a in ("--set", o)]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return load_spec(CIFAR10, overrides + ["selection=test"]), url, result.output
+    return load_spec(CIFAR10, overrides + PAPER_SELECTION), url, result.output
 
 
 @pytest.mark.slow
@@ -91,7 +91,7 @@ def test_cifar10_preset_runs_every_stage_with_biggan_deep_and_resnet20(tiny_cifa
 @pytest.mark.slow
 def test_paper_selected_rows_are_marked_in_every_export(tiny_cifar_run):
     _, url, _ = tiny_cifar_run
-    (row,) = json.loads(CliRunner().invoke(main, ["export", "--storage", url, "--format", "json"]).output)
+    (row,) = json.loads(CliRunner().invoke(main, ["export", "--storage", url, "--format", "json"]).stdout)
     assert row["selection"] == "test" and row["pipeline"] == "tiny-cifar" and row["dataset"] == "data"
     assert row["checkpoint"] in (1, 2) and row["stddev"] in (1.0, 1.5) and row["threshold"] in (0.0, 0.5)
     assert 0.0 <= row["cas_test"] <= 1.0

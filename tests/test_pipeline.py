@@ -124,7 +124,7 @@ def test_export_json_matches_the_storage(tiny_pipeline):
     spec, url = tiny_pipeline
     result = CliRunner().invoke(main, ["export", "--storage", url, "--format", "json"])
     assert result.exit_code == 0, result.output
-    (row,) = [r for r in json.loads(result.output) if r["pipeline"] == spec.name]
+    (row,) = [r for r in json.loads(result.stdout) if r["pipeline"] == spec.name]
     for key in ("pipeline", "dataset", "checkpoint", "stddev", "threshold", "cas_val", "cas_test", "cas_test_std", "synthetic_baseline_test", "real_test"):
         assert key in row
     pipeline = Pipeline.load(url, spec.name)
@@ -153,7 +153,7 @@ def test_status_and_markdown_export(tiny_pipeline):
     spent = sum(t.user_attrs["classifier_epochs"] for stage in STAGES for t in pipeline.finished_trials(stage))
     assert f"classifier-epochs spent by finished trials: {spent} " in status.output
     table = CliRunner().invoke(main, ["export", "--storage", url, "--pipeline", spec.name, "--format", "markdown"])
-    assert table.exit_code == 0 and table.output.startswith("| pipeline | dataset |") and "| checkpoint |" in table.output
+    assert table.exit_code == 0 and table.stdout.startswith("| pipeline | dataset |") and "| checkpoint |" in table.stdout
 
 
 def test_run_again_skips_what_is_done(tiny_pipeline):

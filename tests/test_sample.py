@@ -19,7 +19,7 @@ from gafi_opt.cas import TrialContext
 from gafi_opt.cli import main
 from gafi_opt.data import load_data
 from gafi_opt.pipeline import Pipeline
-from gafi_opt.search.stages import SEARCHED
+from gafi_opt.search.stages import SEARCHED, search_seed
 from gafi_opt.spec import DataSpec, load_spec
 from gafi_opt.train.classifier import ClassifierTrainer
 
@@ -135,10 +135,10 @@ def test_a_trials_recipe_at_its_own_seed_draws_the_set_it_first_trained_on(tiny_
     sample(url, spec.name, out, "--stage", "stddev", "--trial", trial.number)
     sidecar = json.loads((tmp_path / "trial.npz.json").read_text())
     assert sidecar["recipe"] == f"stddev stage, trial {trial.number}"
-    assert sidecar["stddev"] == trial.params["stddev"] and sidecar["threshold"] == 0.0 and sidecar["seed"] == spec.seed
+    assert sidecar["stddev"] == trial.params["stddev"] and sidecar["threshold"] == 0.0 and sidecar["seed"] == search_seed(spec, "stddev")
     assert sidecar["checkpoint"] == pipeline.best_value("checkpoint")
     fixed = pipeline.layout(study, "stddev")["fixed"]
-    expected, _ = trial_draw(context, "stddev", trial.params[SEARCHED["stddev"]], fixed, seed=spec.seed, per_class=context.per_class)
+    expected, _ = trial_draw(context, "stddev", trial.params[SEARCHED["stddev"]], fixed, seed=search_seed(spec, "stddev"), per_class=context.per_class)
     with np.load(out) as archive:
         assert np.array_equal(archive["train_images"], expected[:, 0].numpy())
     # The synthetic baseline's recipe: no filter at all.
