@@ -26,9 +26,15 @@ Models: the trained digits generator and filter from runs/digits when present (e
 one is trained here with the library), and a DCGAN-size generator at 32x32 (width 64, random
 weights) with a ResNet-20 filter (width 16, random weights) whose head is replaced by
 nearest-class-mean logits over its features, so that acceptance is neither 0 nor 1.
+Diffusion rows: the trained digits-diffusion generator (runs/digits-diffusion, else trained here
+for 20 epochs) with its filter, and `unet32`, the DDPM CIFAR-10 UNet layout (channel multipliers
+1, 2, 2, 2, attention at 16x16) at width 32 with random weights and the same nearest-mean filter;
+both sample with `--diffusion-sampler`, `--diffusion-steps` and `--diffusion-guidance`. A diffusion
+image costs steps UNet passes (twice that with guidance), so these rows have their own repeats.
 
     .venv/bin/python benchmarks/synthesis_bench.py
     .venv/bin/python benchmarks/synthesis_bench.py --models digits --repeats 9
+    .venv/bin/python benchmarks/synthesis_bench.py --models digits-diffusion unet32 --output synthesis_bench_diffusion
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import time
 from pathlib import Path
 
 import torch
-from _bench import ROOT, command_line, count_flops, interleaved, machine, measured_matmul_peak, median, set_threads, table, write_result
+from _bench import ROOT, command_line, count_flops, interleaved, machine, measured_matmul_peak, median, result_name, set_threads, table, write_result
 from scipy import stats as scipy_stats
 from torch import nn
 
@@ -109,21 +115,68 @@ def calibrated_temperature(squared_distances: torch.Tensor, target: float) -> fl
     return (low * high) ** 0.5
 
 
-def dcgan_models(per_class: int):
+def digits_diffusion_models(run_dir: Path, epoch: int | None):
+    """The trained digits-diffusion generator (latest or given epoch) and filter, or small ones trained here."""
+    from gafi_opt.data import load_data
+    from gafi_opt.models.checkpoints import checkpoint_paths, load_generator
+    from gafi_opt.spec import load_spec
+    from gafi_opt.train.generator import train_generator
+    from gafi_opt.train.real import load_filter, train_real_classifier
+
+    study = ROOT / "studies" / "digits-diffusion.toml"
+    spec = load_spec(study, [f"run_dir={run_dir}"])
+    data = load_data(spec.data)
+    origin = f"trained digits-diffusion models from {run_dir}"
+    if not (run_dir / "filter.pt").exists() or not checkpoint_paths(spec):
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="gafi-synth-bench-"))
+        spec = load_spec(study, [f"run_dir={scratch}", "generator.epochs=20", "checkpoint.values=[20]"])
+        train_real_classifier(spec, data, torch.device("cpu"), progress=False)
+        train_generator(spec, data, torch.device("cpu"), seed=0, progress=False)
+        origin = "digits-diffusion models trained by this benchmark (20 generator epochs)"
+    paths = checkpoint_paths(spec)
+    epoch = epoch or max(paths)
+    generator = load_generator(spec, paths[epoch], data.image_shape, data.num_classes)
+    filter_model = load_filter(spec, data.image_shape, data.num_classes, "cpu")
+    per_class = data.train_y.numel() // data.num_classes
+    return generator, filter_model, data.num_classes, per_class, f"{origin}, generator epoch {epoch}", to_float(data.val_x[:256])
+
+
+def unet32_models(per_class: int):
+    from gafi_opt.models.diffusion import build_diffusion_generator
+    from gafi_opt.spec import DiffusionSpec, GeneratorSpec
+
+    torch.manual_seed(0)
+    classes = 10
+    layout = DiffusionSpec(channel_mult=(1, 2, 2, 2), layers_per_block=2, attention=(False, True, False, False), mid_attention=True)
+    generator = build_diffusion_generator(GeneratorSpec(arch="diffusion", width=32, diffusion=layout), (3, 32, 32), classes).eval()
+    filter_model = nearest_mean_filter(generator, classes, 4)  # a handful: each image is a whole reverse process
+    description = "diffusers UNet2DModel in the DDPM CIFAR-10 layout at width 32 (mult 1,2,2,2, attention at 16x16), random weights, + ResNet-20 (width 16) class-mean filter"
+    return generator, filter_model, classes, per_class, description, None
+
+
+def nearest_mean_filter(generator, classes: int, images_per_class: int) -> nn.Module:
+    """A ResNet-20 (width 16, random weights) whose logits are distances to the class means of its features over the generator's images."""
     from gafi_opt.models.resnet import resnet20
+
+    backbone = resnet20(3, classes, width=16).eval()
+    features = nn.Sequential(backbone.stem, backbone.stages, backbone.pool)
+    with torch.inference_mode():  # class means of the random features over the random generator's images
+        y = torch.arange(classes).repeat_interleave(images_per_class)
+        f = features(generator(torch.randn(y.numel(), generator.latent_dim), y).clamp(-1, 1))
+        means = torch.stack([f[y == c].mean(0) for c in range(classes)])
+        temperature = calibrated_temperature(torch.cdist(f, means).pow(2), target=0.85)
+    return NearestMeanHead(features, means, temperature).eval()
+
+
+def dcgan_models(per_class: int):
     from gafi_opt.models.small import DCGANGenerator
 
     torch.manual_seed(0)
     classes = 10
     generator = DCGANGenerator(128, classes, (3, 32, 32), width=64).eval()
-    backbone = resnet20(3, classes, width=16).eval()
-    features = nn.Sequential(backbone.stem, backbone.stages, backbone.pool)
-    with torch.inference_mode():  # class means of the random features over the random generator's images
-        y = torch.arange(classes).repeat_interleave(32)
-        f = features(generator(torch.randn(y.numel(), 128), y).clamp(-1, 1))
-        means = torch.stack([f[y == c].mean(0) for c in range(classes)])
-        temperature = calibrated_temperature(torch.cdist(f, means).pow(2), target=0.85)
-    filter_model = NearestMeanHead(features, means, temperature).eval()
+    filter_model = nearest_mean_filter(generator, classes, 32)
     description = "DCGAN generator (width 64, latent 128) + ResNet-20 (width 16) features with class-mean head, random weights"
     return generator, filter_model, classes, per_class, description, None
 
@@ -205,7 +258,7 @@ def run_model(name, generator, filter_model, classes, per_class, args, example, 
         fn()
     for entry in counts.values():
         entry.update(accepted=[0] * classes, generated=[0] * classes, fallback=0, calls=0)
-    times = interleaved(calls, args.repeats if name == "digits" else args.dcgan_repeats)
+    times = interleaved(calls, {"digits": args.repeats, "dcgan32": args.dcgan_repeats}.get(name, args.diffusion_repeats))
 
     rows, records = [], []
     total = classes * per_class
@@ -228,7 +281,8 @@ def run_model(name, generator, filter_model, classes, per_class, args, example, 
                           "per_class_accepted": entry["accepted"], "per_class_generated": entry["generated"],
                           "seconds": times[f"{v}@{t}"]}
             records.append(record_row)
-            rows.append([name, t, v, f"{kept / seconds:,.0f}", f"{ref_time / seconds:.2f}x", f"{rate:.4f}",
+            rate_text = f"{kept / seconds:,.0f}" if kept / seconds >= 10 else f"{kept / seconds:.2f}"  # a diffusion UNet at 32x32: a few a second
+            rows.append([name, t, v, rate_text, f"{ref_time / seconds:.2f}x", f"{rate:.4f}",
                          f"{record_row['generated_per_call']:.0f}", f"{record_row['fallback_per_call']:.1f}",
                          f"{flop_rate / 1e9:.0f}", f"{share_of_peak:.0%}",
                          "-" if cmp is None else f"{cmp['max_abs_z']:.2f}", "-" if cmp is None else f"{cmp['p_value']:.2f}"])
@@ -243,12 +297,19 @@ def _latents(latent_dim, classes):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["digits", "dcgan32"], choices=["digits", "dcgan32"])
+    parser.add_argument("--models", nargs="+", default=["digits", "dcgan32", "digits-diffusion"], choices=["digits", "dcgan32", "digits-diffusion", "unet32"])
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "digits"))
     parser.add_argument("--epoch", type=int, default=None, help="digits generator checkpoint (default: the latest)")
     parser.add_argument("--repeats", type=int, default=25, help="timed sets per variant and threshold (a digits set takes about 30 ms)")
     parser.add_argument("--dcgan-per-class", type=int, default=20, help="a DCGAN image costs about 3 ms on one CPU core")
     parser.add_argument("--dcgan-repeats", type=int, default=3)
+    parser.add_argument("--diffusion-run-dir", default=str(ROOT / "runs" / "digits-diffusion"))
+    parser.add_argument("--diffusion-steps", type=int, default=10, help="sampling steps of the diffusion rows (the digits-diffusion preset's default)")
+    parser.add_argument("--diffusion-guidance", type=float, default=0.0, help="classifier-free guidance w of the diffusion rows (w > 0: two UNet passes a step)")
+    parser.add_argument("--diffusion-sampler", default="dpm-solver", choices=["ddim", "dpm-solver", "ddpm"])
+    parser.add_argument("--diffusion-repeats", type=int, default=3, help="timed sets per variant and threshold of the diffusion rows")
+    parser.add_argument("--unet32-per-class", type=int, default=4, help="a unet32 image costs about 1.5 GFLOP per step")
+    parser.add_argument("--output", type=result_name, default="synthesis_bench", help="results file name under benchmarks/results/")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--max-attempts", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
@@ -266,9 +327,16 @@ def main() -> None:
         for name in args.models:
             if name == "digits":
                 models = digits_models(Path(args.run_dir), args.epoch)
-            else:
+            elif name == "dcgan32":
                 models = dcgan_models(args.dcgan_per_class)
+            elif name == "digits-diffusion":
+                models = digits_diffusion_models(Path(args.diffusion_run_dir), None)
+            else:
+                models = unet32_models(args.unet32_per_class)
             generator, filter_model, classes, per_class, description, example = models
+            if hasattr(generator, "configure"):  # a diffusion generator: the knobs of its rows
+                generator.configure(sampler=args.diffusion_sampler, steps=args.diffusion_steps, guidance=args.diffusion_guidance)
+                description += f"; {args.diffusion_sampler}, {args.diffusion_steps} steps, guidance {args.diffusion_guidance:g}"
             described[name] = {"models": description, "classes": classes, "per_class": per_class}
             r, rec = run_model(name, generator, filter_model, classes, per_class, args, example, peaks)
             rows += r
@@ -281,7 +349,7 @@ def main() -> None:
     if compile_seconds:
         print("one-time compile seconds (not in the timings): " + ", ".join(f"{k} {v:.0f}" for k, v in compile_seconds.items()))
     print("measured matmul peak (the 100% of '% of peak'): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
-    path = write_result("synthesis_bench", {"settings": vars(args), "machine_at_start": started, "models": described,
+    path = write_result(args.output, {"settings": vars(args), "machine_at_start": started, "models": described,
                                             "compile_seconds": compile_seconds,
                                             "matmul_peak_flops": peaks, "results": records}, text, command_line())
     print(f"written {path.relative_to(ROOT)}")

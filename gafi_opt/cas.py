@@ -110,8 +110,11 @@ class TrialContext:
     def source(self, config: TrialConfig, per_class: int | None = None) -> SyntheticSource:
         """The config's synthetic set: `per_class` images of every class (default: the pipeline's, `self.per_class`)."""
         synth = self.spec.synth
+        generator = self.generator(config.checkpoint)
+        if config.sampler is not None:  # a diffusion generator samples with the trial's knobs
+            generator.configure(sampler=config.sampler, steps=config.steps, guidance=config.guidance)
         return SyntheticSource(
-            self.generator(config.checkpoint),
+            generator,
             self.data.num_classes,
             per_class or self.per_class,
             stddev=config.stddev,

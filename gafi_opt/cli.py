@@ -138,7 +138,8 @@ def main():
     A pipeline trains a real-data (filter) classifier and a conditional generator, then
     runs the GaFi stages as Optuna studies in one storage: checkpoint, stddev
     (Expansion Trick), threshold (Dynamic Sample Filtering) and a final stage repeated
-    over seeds, beside the synthetic and real baselines.
+    over seeds, beside the synthetic and real baselines. A diffusion generator adds
+    stages for its sampler, guidance scale and sampling steps.
 
     Start with:  gafi-opt run studies/digits.toml
     """
@@ -174,7 +175,7 @@ def train_classifier_cmd(study_file, overrides, device, quiet):
 @device_option
 @quiet_option
 def train_generator_cmd(study_file, seed, overrides, device, quiet):
-    """Train the conditional generator of STUDY, saving the EMA weights every epoch.
+    """Train the conditional generator of STUDY (a GAN or a diffusion model), saving the EMA weights every epoch.
 
     Checkpoints go to <run_dir>/generator/epoch_NNNN.pt; an interrupted run resumes
     from the last finished epoch.
@@ -182,7 +183,7 @@ def train_generator_cmd(study_file, seed, overrides, device, quiet):
     from gafi_opt.data import load_data
     from gafi_opt.models.checkpoints import generator_dir
     from gafi_opt.models.device import resolve_device
-    from gafi_opt.train.gan import train_generator
+    from gafi_opt.train.generator import train_generator
 
     spec = _spec(study_file, overrides)
     epochs = train_generator(spec, load_data(spec.data), resolve_device(device or spec.device), seed=spec.seed if seed is None else seed, progress=_progress(quiet))
@@ -266,7 +267,8 @@ def run_cmd(study_file, storage, artifacts, overrides, paper_selection, device, 
     """Run the whole pipeline of STUDY on this machine, skipping what is already done.
 
     Trains the filter classifier and the generator if needed, runs the checkpoint,
-    stddev, threshold and final stages (and the synthetic baseline), then prints the
+    stddev, threshold and final stages (and the synthetic baseline; a diffusion generator's
+    sampler, guidance and steps stages after checkpoint), then prints the
     best-hyperparameter table. Run it again after an interruption to resume.
     With --workers N, N local worker processes share the trials (see `gafi-opt worker`).
     """

@@ -44,7 +44,7 @@ from gafi_opt.search.stages import STAGES
 from gafi_opt.spec import Spec
 from gafi_opt.storages import open_storage
 from gafi_opt.storages.outage import set_outage_limit
-from gafi_opt.train.gan import train_generator
+from gafi_opt.train.generator import train_generator
 from gafi_opt.train.real import filter_path, train_real_classifier
 from gafi_opt.train.real_only import train_real_only
 

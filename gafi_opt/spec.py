@@ -19,6 +19,11 @@ from typing import Any
 from gafi_opt.errors import GafiError
 
 STAGE_NAMES = ("checkpoint", "stddev", "threshold", "final")
+DIFFUSION_STAGE_NAMES = ("sampler", "guidance", "steps")  # stages of generator.arch = "diffusion" only
+DIFFUSION_ARCH = "diffusion"
+SAMPLERS = ("ddim", "dpm-solver", "ddpm")  # gafi_opt.models.diffusion builds them
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # diffusers' names
 DATA_SOURCES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cinic10", "npz", "folder")
 SEARCH_MODES = ("grid", "tpe", "gp")
 PRUNERS = ("none", "median", "percentile", "sha", "hyperband")
@@ -28,7 +33,8 @@ OBJECTIVES = ("synthetic-only", "augment")
 PRECISIONS = ("auto", "fp32", "bf16")  # gafi_opt.accel applies them
 RULES = ("argmax", "fresh", "late", "robust")  # gafi_opt.search.selection: each adds one remedy to the one before
 SEARCH_STAGE_NAMES = ("checkpoint", "stddev", "threshold")
-PAPER_SELECTION = ["selection=test", *(f"{stage}.rule=argmax" for stage in SEARCH_STAGE_NAMES)]  # `--paper-selection`
+# `--paper-selection`; a GAN ignores its diffusion stages' rules
+PAPER_SELECTION = ["selection=test", *(f"{stage}.rule=argmax" for stage in (*SEARCH_STAGE_NAMES, *DIFFUSION_STAGE_NAMES))]
 
 # Sizes past which a value is a typo, not a study: each would fill memory or run for days.
 MAX_GRID_POINTS = 10_000  # values of one stage's grid (and trials of one budgeted stage)
@@ -55,8 +61,28 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class DiffusionSpec:
+    """A class-conditional diffusers UNet2DModel (generator.arch = "diffusion"), how it is trained, and
+    how it samples before the stages have chosen; block_out_channels = generator.width * channel_mult."""
+
+    channel_mult: tuple[int, ...] = (1, 2)  # one UNet level per entry; each level but the last halves the side
+    layers_per_block: int = 1
+    attention: tuple[bool, ...] = ()  # per level: self-attention blocks (empty: none)
+    mid_attention: bool = False  # self-attention in the middle block
+    norm_groups: int = 8  # GroupNorm groups; must divide every level's channels
+    train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # a diffusers beta_schedule: linear, scaled_linear, squaredcos_cap_v2
+    prediction_type: str = "epsilon"  # or v_prediction
+    label_dropout: float = 0.1  # labels replaced by the unconditional index while training (classifier-free guidance)
+    # Sampling before (and without) the guidance, steps and sampler stages: the baseline and the checkpoint stage use these.
+    guidance: float = 0.0  # w in eps = (1 + w) eps(x, y) - w eps(x, unconditional); 0: plain conditional sampling
+    steps: int = 20
+    sampler: str = "dpm-solver"  # ddim, dpm-solver (DPM-Solver++ 2M) or ddpm
+
+
+@dataclass(frozen=True)
 class GeneratorSpec:
-    arch: str = "mlp"  # mlp, dcgan, biggan-deep, or a factory "package.module:function"
+    arch: str = "mlp"  # mlp, dcgan, biggan-deep, diffusion, or a factory "package.module:function"
     latent_dim: int = 32
     width: int = 128
     embed_dim: int = 128  # shared class embedding (biggan-deep)
@@ -68,8 +94,9 @@ class GeneratorSpec:
     ema_decay: float = 0.999
     ema_start: int = 0  # generator step from which EMA averaging starts (weights copied before)
     diffaug: tuple[str, ...] = ()  # DiffAugment for small data: any of color, translation, cutout (real and fake alike)
-    checkpoints: str = ""  # bring your own: a folder or glob of {epoch}.pt state dicts; skips training
+    checkpoints: str = ""  # bring your own, skipping training: a folder or glob of {epoch}.pt state dicts (diffusion: of UNet2DModel folders, or one)
     options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for a factory
+    diffusion: DiffusionSpec = field(default_factory=DiffusionSpec)  # arch "diffusion" only
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,13 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class SamplerStageSpec(StageSpec):
+    """The sampler stage's values are sampler names; its stage runs only when they are listed."""
+
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     seed: int = 0
@@ -132,6 +166,9 @@ class Spec:
     checkpoint: StageSpec = field(default_factory=StageSpec)
     stddev: StageSpec = field(default_factory=StageSpec)
     threshold: StageSpec = field(default_factory=StageSpec)
+    sampler: SamplerStageSpec = field(default_factory=SamplerStageSpec)
+    guidance: StageSpec = field(default_factory=StageSpec)
+    steps: StageSpec = field(default_factory=StageSpec)
     final: StageSpec = field(default_factory=lambda: StageSpec(recycle_every=1, seeds=3, pruner="none"))
 
     @property
@@ -141,6 +178,10 @@ class Spec:
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{self.run_path / 'gafi.db'}"
+
+    @property
+    def is_diffusion(self) -> bool:
+        return self.generator.arch == DIFFUSION_ARCH
 
     def stage(self, name: str) -> StageSpec:
         return getattr(self, name)
@@ -371,7 +412,17 @@ RANGES: dict[type, dict[str, Range]] = {
         "pruner_reduction": Range(2, 100),
         "seeds": Range(1, 1000),
     },
+    DiffusionSpec: {
+        "channel_mult": Range(1, 64),
+        "layers_per_block": Range(1, 16),
+        "norm_groups": Range(1, MAX_WIDTH),
+        "train_timesteps": Range(1, 100_000),
+        "label_dropout": UNIT,
+        "guidance": Range(0, 100),
+        "steps": Range(1, 10_000),
+    },
 }
+RANGES[SamplerStageSpec] = RANGES[StageSpec]
 
 
 def _check_numbers(node: Any, prefix: str, fail) -> None:
@@ -433,7 +484,7 @@ def _validate(spec: Spec, origin: str) -> None:
         bad = [a for a in cspec.augment if a not in AUGMENTATIONS]
         if bad:
             fail(f"{part}.augment: unknown augmentation {bad[0]!r} (known: {', '.join(AUGMENTATIONS)})")
-    for name in STAGE_NAMES:
+    for name in STAGE_NAMES + DIFFUSION_STAGE_NAMES:
         stage = spec.stage(name)
         where = f"{name}."
         if stage.search not in SEARCH_MODES:
@@ -452,3 +503,38 @@ def _validate(spec: Spec, origin: str) -> None:
         fail("stddev.values must be numbers > 0")
     if not spec.threshold.values or any(not 0 <= v < 1 for v in spec.threshold.values):
         fail("threshold.values must lie in [0, 1)")
+    if spec.is_diffusion:
+        _validate_diffusion(spec, fail)
+    elif any(spec.stage(name).values for name in DIFFUSION_STAGE_NAMES):
+        fail(f"the {', '.join(DIFFUSION_STAGE_NAMES)} stages search a diffusion generator's knobs: they need generator.arch = 'diffusion'")
+
+
+def _validate_diffusion(spec: Spec, fail) -> None:
+    d = spec.generator.diffusion
+    if spec.compile:
+        fail("compile = true does not apply to generator.arch 'diffusion' (its sampling loop is Python); use precision for speed")
+    if not d.channel_mult or any(m < 1 for m in d.channel_mult):
+        fail("generator.diffusion.channel_mult must list one positive multiplier per UNet level")
+    if d.attention and len(d.attention) != len(d.channel_mult):
+        fail(f"generator.diffusion.attention must have one entry per level ({len(d.channel_mult)}), or be empty")
+    if d.layers_per_block < 1 or d.train_timesteps < 2 or d.norm_groups < 1:
+        fail("generator.diffusion.layers_per_block and generator.diffusion.norm_groups must be >= 1, generator.diffusion.train_timesteps >= 2")
+    if any((spec.generator.width * m) % d.norm_groups for m in d.channel_mult):
+        fail(f"generator.diffusion.norm_groups ({d.norm_groups}) must divide every level's channels (generator.width * channel_mult)")
+    if d.prediction_type not in PREDICTION_TYPES:
+        fail(f"generator.diffusion.prediction_type must be one of {', '.join(PREDICTION_TYPES)}")
+    if d.beta_schedule not in BETA_SCHEDULES:
+        fail(f"generator.diffusion.beta_schedule must be one of {', '.join(BETA_SCHEDULES)}")
+    if not 0 <= d.label_dropout < 1:
+        fail("generator.diffusion.label_dropout must be in [0, 1) (the share of labels dropped for classifier-free guidance)")
+    if d.guidance < 0 or d.steps < 1 or d.sampler not in SAMPLERS:
+        fail(f"generator.diffusion.guidance must be >= 0, generator.diffusion.steps >= 1 and generator.diffusion.sampler one of {', '.join(SAMPLERS)}")
+    if not spec.guidance.values or any(v < 0 for v in spec.guidance.values):
+        fail("guidance.values must list guidance scales >= 0 (0: plain conditional sampling)")
+    if not spec.steps.values or any(v < 1 or v != int(v) for v in spec.steps.values):
+        fail("steps.values must list whole numbers of sampling steps >= 1")
+    unknown = [v for v in spec.sampler.values if v not in SAMPLERS]
+    if unknown:
+        fail(f"sampler.values: unknown sampler {unknown[0]!r} (known: {', '.join(SAMPLERS)})")
+    if spec.sampler.values and spec.sampler.search != "grid":
+        fail("sampler.search must be 'grid' (a few named samplers, each tried once)")

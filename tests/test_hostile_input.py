@@ -308,10 +308,12 @@ def _is_number(hint) -> bool:
 def test_every_number_of_the_spec_has_a_range():
     from gafi_opt.spec import RANGES
 
-    for cls in (Spec, DataSpec, GeneratorSpec, ClassifierSpec, SynthSpec, StageSpec):
+    import gafi_opt.spec as specs
+
+    for cls in (Spec, DataSpec, GeneratorSpec, ClassifierSpec, SynthSpec, StageSpec, specs.DiffusionSpec, specs.SamplerStageSpec):
         hints = typing.get_type_hints(cls)
         numbers = {f.name for f in dataclasses.fields(cls) if _is_number(hints[f.name])}
-        if cls is StageSpec:
+        if issubclass(cls, StageSpec):
             numbers.discard("values")  # each stage's own range, checked in _validate
         assert numbers <= set(RANGES.get(cls, {})), f"{cls.__name__}: no range for {sorted(numbers - set(RANGES.get(cls, {})))}"
 

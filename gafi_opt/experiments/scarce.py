@@ -33,7 +33,7 @@ from gafi_opt.errors import GafiError
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.report import summary_row
 from gafi_opt.runner import run_pipeline
-from gafi_opt.spec import STAGE_NAMES, Spec
+from gafi_opt.spec import DIFFUSION_STAGE_NAMES, STAGE_NAMES, Spec
 from gafi_opt.storages import open_storage
 
 MODES = ("synthetic-only", "augment")
@@ -131,7 +131,7 @@ class ScarcePlan:
             # An explicit warm-up is in epochs: scale it. The default (0) follows cas's lr milestones, which scale themselves.
             overrides += [
                 f"{stage}.pruner_warmup={_scaled(base.stage(stage).pruner_warmup, cas)}"
-                for stage in STAGE_NAMES
+                for stage in STAGE_NAMES + DIFFUSION_STAGE_NAMES
                 if base.stage(stage).pruner_warmup
             ]
         return base.with_overrides(overrides)

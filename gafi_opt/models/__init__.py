@@ -10,7 +10,7 @@ from gafi_opt.errors import GafiError
 from gafi_opt.models.small import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, SmallCNN
 from gafi_opt.spec import ClassifierSpec, GeneratorSpec
 
-BUILTIN_GENERATORS = ("mlp", "dcgan", "biggan-deep")
+BUILTIN_GENERATORS = ("mlp", "dcgan", "biggan-deep", "diffusion")
 CLASSIFIERS = ("small-cnn", "resnet20")
 
 
@@ -49,6 +49,10 @@ def build_generator(spec: GeneratorSpec, image_shape: tuple[int, int, int], num_
         from gafi_opt.models.biggan import BigGANDeepGenerator
 
         return BigGANDeepGenerator(spec.latent_dim, num_classes, image_shape, width=spec.width, embed_dim=spec.embed_dim)
+    if spec.arch == "diffusion":
+        from gafi_opt.models.diffusion import build_diffusion_generator  # diffusers is an optional extra
+
+        return build_diffusion_generator(spec, image_shape, num_classes)
     if ":" in spec.arch:
         from gafi_opt.models.factory import build_from_factory
 
@@ -68,4 +72,6 @@ def build_discriminator(spec: GeneratorSpec, image_shape: tuple[int, int, int], 
         from gafi_opt.models.biggan import BigGANDeepDiscriminator
 
         return BigGANDeepDiscriminator(num_classes, image_shape, width=spec.width)
+    if spec.arch == "diffusion":
+        raise GafiError("generator arch 'diffusion' has no discriminator: it is trained by gafi_opt.train.diffusion")
     raise GafiError(f"generator arch {spec.arch!r} has no built-in discriminator: train it yourself and set generator.checkpoints")

@@ -7,7 +7,9 @@ digit in it (`epoch_`, `gen-`, or none) and the epoch number, e.g. `epoch_0012.p
 `gen_epoch12.pt`. Any other name there (`epoch_0004_backup2.pt`), or two files for one epoch
 (`epoch_6.pt` beside `epoch_0006.pt`), is an error naming the files: an epoch is never guessed.
 `state.pt`, gafi-opt's own training state beside its checkpoints, is not one and is passed over.
-Files are read with `torch.load(weights_only=True)`: no pickle from disk is ever executed.
+A diffusion generator brought along is a diffusers UNet2DModel folder instead
+(gafi_opt.models.unet_folder). Files are read with `torch.load(weights_only=True)` or safetensors: no
+pickle from disk is ever executed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from gafi_opt.errors import GafiError, one_line
 from gafi_opt.models import build_generator
+from gafi_opt.models.unet_folder import load_unet_folder, model_folders
 from gafi_opt.spec import Spec
 
 CHECKPOINT_NAME = re.compile(r"\D*?(\d+)\.pth?")  # the whole file name: a prefix without digits, the epoch
@@ -36,6 +39,8 @@ def generator_dir(spec: Spec) -> Path:
 
 def checkpoint_paths(spec: Spec) -> dict[int, Path]:
     """Epoch -> checkpoint file, from the run directory or from generator.checkpoints."""
+    if spec.generator.checkpoints and spec.is_diffusion:
+        return model_folders(spec.generator.checkpoints)
     if spec.generator.checkpoints:
         pattern = spec.generator.checkpoints
         if os.path.isdir(pattern):
@@ -122,6 +127,8 @@ def load_state_dict(path: Path) -> dict:
 
 def load_generator(spec: Spec, path: Path, image_shape, num_classes: int, device="cpu") -> nn.Module:
     """Build the spec's generator and load a checkpoint into it, with a clear error on mismatch."""
+    if spec.is_diffusion and Path(path).is_dir():  # a diffusers model folder brought along
+        return load_unet_folder(Path(path), spec.generator, image_shape, num_classes).to(device).eval()
     generator = build_generator(spec.generator, image_shape, num_classes)
     state = load_state_dict(path)
     try:

@@ -62,6 +62,8 @@ def load_members(storage, names: list[str]) -> tuple[list[Pipeline], list[Member
     _check_compatible([p.spec for p in pipelines])
     members = []
     for pipeline in pipelines:
+        if pipeline.spec.is_diffusion:  # a Member carries no sampler, guidance or steps
+            raise GafiError(f"pipeline {pipeline.name!r} has a diffusion generator: multigen combines GAN pipelines only")
         if not pipeline.stage_complete("threshold"):
             stage = pipeline.current_stage()
             raise GafiError(f"pipeline {pipeline.name!r} has not finished its threshold stage (it is at stage {stage}); run it first")

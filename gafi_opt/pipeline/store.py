@@ -2,7 +2,8 @@
 
 Study names: `<name>` (root: the spec, the real baseline and the run's state in its user attrs;
 once the pipeline is complete, one trial holding its result for Optuna's tools, which nothing
-here reads: gafi_opt.report.result) and `<name>/<stage>` for each of STAGES. Whoever finds a stage
+here reads: gafi_opt.report.result) and `<name>/<stage>` for each of its stages (a GAN's STAGES; a
+diffusion generator's add its sampling knobs: gafi_opt.search.stages.pipeline_stages). Whoever finds a stage
 complete creates the next one; creation is atomic (Optuna refuses a duplicate study
 name). A stage's work is a fixed list of slots (gafi_opt.storages.slots: one per grid point, or
 one per trial of a budgeted search), each finished by exactly one trial; a stage is
@@ -26,7 +27,7 @@ from gafi_opt.search.pruners import make_pruner
 from gafi_opt.search.reuse import same_recipe
 from gafi_opt.search.samplers import make_sampler
 from gafi_opt.search.selection import Choice, choose, late_epochs
-from gafi_opt.search.stages import SEARCH_STAGES, SEARCHED, STAGES, TrialConfig, grid, slot_params, suggest, trial_config
+from gafi_opt.search.stages import SEARCHED, TrialConfig, grid, pipeline_stages, search_stages, slot_params, suggest, trial_config
 from gafi_opt.spec import Spec
 from gafi_opt.stats import mean_sd
 from gafi_opt.storages import TAS_PREFIX, open_storage, redact, set_once, slots, storage_name
@@ -45,12 +46,12 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 class Pipeline:
     """One pipeline in an opened storage (gafi_opt.storages.open_storage): its spec, stages and results."""
 
-    stages = STAGES
-
     def __init__(self, storage: optuna.storages.BaseStorage, spec: Spec):
         self.storage = storage
         self.spec = spec
         self.name = spec.name
+        self.stages = pipeline_stages(spec)  # in order; the search stages are those between baseline and final
+        self.search_stages = search_stages(spec)
 
     @property
     def storage_url(self) -> str:
@@ -207,7 +208,7 @@ class Pipeline:
 
     def fixed_values(self, stage: str) -> dict:
         """What the stages before `stage` chose (the best of each)."""
-        index = STAGES.index(stage)
+        index = self.stages.index(stage)
         fixed: dict = {}
         if stage == "baseline":
             from gafi_opt.models.checkpoints import checkpoint_paths  # torch loads only where checkpoints are read
@@ -216,7 +217,7 @@ class Pipeline:
             if not available:
                 raise GafiError(f"no generator checkpoints for pipeline {self.name!r}: train the generator first")
             fixed["last_checkpoint"] = max(available)
-        for earlier in STAGES[1:index]:
+        for earlier in self.stages[1:index]:
             if earlier != "final":
                 fixed[SEARCHED[earlier]] = self.best_value(earlier)
         return fixed
@@ -237,9 +238,9 @@ class Pipeline:
         views = self.slot_views(stage)
         return bool(views) and all(v.settled for v in views)
 
-    def current_stage(self, stages=STAGES) -> str | None:
-        """The first of `stages` that is not complete, or None when they all are."""
-        for stage in stages:
+    def current_stage(self, stages=None) -> str | None:
+        """The first of `stages` (default: all the pipeline's) that is not complete, or None when they all are."""
+        for stage in stages or self.stages:
             if not self.stage_complete(stage):
                 return stage
         return None
@@ -256,11 +257,11 @@ class Pipeline:
             return Choice.from_json(json.loads(frozen))
         trials = [] if study is None else study.get_trials(deepcopy=False, states=FINISHED)
         key = "test_acc" if self.spec.selection == "test" else "val_acc"
-        rule = self.spec.stage(stage).rule if stage in SEARCH_STAGES else "argmax"
+        rule = self.spec.stage(stage).rule if stage in search_stages(self.spec) else "argmax"
         made = choose(rule, trials, SEARCHED[stage], grid(self.spec, stage), key, late_epochs(self.spec.cas.epochs, self.spec.cas.lr_milestones))
         if made is None:
             raise GafiError(f"stage {stage} of pipeline {self.name!r} has no complete trial")
-        if stage in SEARCH_STAGES and self.stage_complete(stage):
+        if stage in search_stages(self.spec) and self.stage_complete(stage):
             set_once(self.storage, study._study_id, CHOICE_ATTR, json.dumps(made.to_json()))
             return Choice.from_json(json.loads(self.storage.get_study_system_attrs(study._study_id)[CHOICE_ATTR]))
         return made
@@ -278,9 +279,9 @@ class Pipeline:
 
         Only the best trials can coincide: a later stage fixes every earlier value to the best.
         """
-        if stage not in SEARCH_STAGES:
+        if stage not in self.search_stages:
             return None
-        for earlier in SEARCH_STAGES[: SEARCH_STAGES.index(stage)]:
+        for earlier in self.search_stages[: self.search_stages.index(stage)]:
             best = self.best_trial(earlier)
             if same_recipe(trial_config(earlier, best.params[SEARCHED[earlier]], fixed, self.spec), config):
                 return best, f"{earlier} stage, trial {best.number}"

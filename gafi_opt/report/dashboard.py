@@ -45,6 +45,10 @@ def trial_note(trial_number: int, config: TrialConfig, result=None, pruned: bool
         "|---|---|",
         f"| stage | {config.stage} |",
         f"| checkpoint | {config.checkpoint} |",
+    ]
+    if config.sampler is not None:  # a diffusion generator's sampling knobs
+        lines += [f"| sampler | {config.sampler} |", f"| guidance | {config.guidance:g} |", f"| sampling steps | {config.steps} |"]
+    lines += [
         f"| stddev | {config.stddev:g} |",
         f"| threshold | {threshold} |",
         f"| recycle period | {recycle} |",

@@ -1,7 +1,7 @@
 """Plotly figures of a pipeline: what each stage found, how its best trials learned, how the search went.
 
 - `stage_figure`: the stage's key figure. For the searched stages, what the selection rule saw:
-  each trial's score against the checkpoint, stddev or threshold, the robust rule's smoothed
+  each trial's score against the searched value (checkpoint, stddev, threshold, or a diffusion generator's sampler, guidance or steps), the robust rule's smoothed
   estimate with its band, pruned trials at their last reported epoch, test accuracy beside it
   (never used to choose, except in paper mode) and the chosen point starred; for the baseline and final stages,
   the per-epoch val curves of every seed.
@@ -22,10 +22,13 @@ from optuna.trial import TrialState
 
 from gafi_opt.errors import GafiError
 from gafi_opt.search.selection import LATE_RULES
-from gafi_opt.search.stages import SEARCHED, STAGES
+from gafi_opt.search.stages import SEARCHED
 
 SEED_STAGES = ("baseline", "final")
-AXIS_TITLES = {"checkpoint": "generator checkpoint (epoch)", "stddev": "latent stddev σ", "threshold": "filter threshold"}
+AXIS_TITLES = {
+    "checkpoint": "generator checkpoint (epoch)", "stddev": "latent stddev σ", "threshold": "filter threshold",
+    "sampler": "diffusion sampler", "guidance": "classifier-free guidance scale w", "steps": "sampling steps",
+}  # fmt: skip
 BEST_CURVES = 5
 
 
@@ -40,6 +43,11 @@ def _trial_val(trial: optuna.trial.FrozenTrial) -> float | None:
     if trial.intermediate_values:
         return trial.intermediate_values[max(trial.intermediate_values)]
     return None
+
+
+def _shown(value) -> str:
+    """A searched value as figures label it (a sampler's name as it is, numbers in short form)."""
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def _choice(pipeline, stage: str):
@@ -112,7 +120,7 @@ def _cas_against_param(pipeline, stage: str, trials) -> go.Figure:
             )
         )
     if choice is not None:
-        label = f"chosen ({choice.rule}): {param} {choice.value:g}"
+        label = f"chosen ({choice.rule}): {param} {_shown(choice.value)}"
         fig.add_trace(
             go.Scatter(
                 x=[choice.value],
@@ -122,7 +130,7 @@ def _cas_against_param(pipeline, stage: str, trials) -> go.Figure:
                 marker={"symbol": "star", "size": 18, "color": "crimson", "line": {"width": 1, "color": "black"}},
             )
         )
-        fig.add_annotation(x=choice.value, y=_pct(choice.score), text=f"chosen {choice.value:g}: {_pct(choice.score):.2f}%", showarrow=True, arrowhead=2, ay=-35)
+        fig.add_annotation(x=choice.value, y=_pct(choice.score), text=f"chosen {_shown(choice.value)}: {_pct(choice.score):.2f}%", showarrow=True, arrowhead=2, ay=-35)
     fig.update_layout(
         title=f"{pipeline.name} / {stage}: CAS against {param} (rule: {choice.rule if choice else pipeline.spec.stage(stage).rule})",
         xaxis_title=AXIS_TITLES[stage],
@@ -169,7 +177,7 @@ def val_curves_figure(pipeline, stage: str, top: int = BEST_CURVES) -> go.Figure
                 x=list(range(1, len(history) + 1)),
                 y=[_pct(v) for v in history],
                 mode="lines+markers",
-                name=f"{param} {trial.params[param]:g}{pruned}",
+                name=f"{param} {_shown(trial.params[param])}{pruned}",
                 line={"dash": "dot"} if pruned else None,
             )
         )
@@ -197,7 +205,7 @@ def pipeline_figures(pipeline) -> dict[str, go.Figure]:
     figures: dict[str, go.Figure] = {}
     with warnings.catch_warnings():  # some of optuna.visualization is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for stage in STAGES:
+        for stage in pipeline.stages:
             makers = {"cas": stage_figure, "curves": val_curves_figure, "history": history_figure}
             if stage in SEED_STAGES:
                 makers = {"curves": stage_figure}  # per-seed curves are the key figure

@@ -25,11 +25,19 @@ def format_rows(rows: list[dict], fmt: str) -> str:
     raise GafiError(f"unknown export format {fmt!r} (use {', '.join(FORMATS)})")
 
 
+def _has_knobs(rows: list[dict]) -> bool:
+    """Whether any row is a diffusion generator's (only then do tables show sampler, guidance and steps)."""
+    return any(row.get("sampler") is not None for row in rows)
+
+
 def markdown_table(rows: list[dict]) -> str:
     headers = ["pipeline", "dataset", "mode", "real fraction", "ratio", "checkpoint", "stddev", "threshold", "CAS val", "search best val", "CAS test", "synthetic baseline", "real", "real-only", "gap closed", "gap left"]
     quality = any(row.get("fd") is not None for row in rows)  # metrics columns once any row has them
     if quality:
         headers += [f"{name}: baseline → GaFi (real)" for name in ("FD", "precision", "recall")]
+    knobs = _has_knobs(rows)
+    if knobs:
+        headers[6:6] = ["sampler", "guidance", "steps"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cas = _pct(row["cas_test"]) + (f" ± {_pct(row['cas_test_std'])}" if row["cas_test_std"] is not None else "")
@@ -55,6 +63,8 @@ def markdown_table(rows: list[dict]) -> str:
         ]
         if quality:
             cells += [quality_cell(row, metric) for metric in QUALITY_METRICS]
+        if knobs:
+            cells[6:6] = [row.get("sampler") or "-", _plain(row.get("guidance")), _plain(row.get("steps"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -127,8 +137,14 @@ def _latex_columns(rows: list[dict]) -> list[tuple]:
             ("Real fraction", lambda r: _tex_plain(r.get("real_fraction")), "r"),
             ("Ratio", lambda r: _tex_plain(r.get("augment_ratio")), "r"),
         ]
+    columns.append(("Checkpoint", lambda r: _tex_plain(r.get("checkpoint")), "r"))
+    if _has_knobs(rows):
+        columns += [
+            ("Sampler", lambda r: _tex_plain(r.get("sampler")), "l"),
+            ("Guidance", lambda r: _tex_plain(r.get("guidance")), "r"),
+            ("Steps", lambda r: _tex_plain(r.get("steps")), "r"),
+        ]
     columns += [
-        ("Checkpoint", lambda r: _tex_plain(r.get("checkpoint")), "r"),
         (r"$\sigma$", lambda r: _tex_plain(r.get("stddev")), "r"),
         ("Threshold", lambda r: _tex_plain(r.get("threshold")), "r"),
         (r"CAS (\%)", _latex_cas, "r"),

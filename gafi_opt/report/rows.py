@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.pipeline.multigen import ATTR, check_study, finished_trials, multigen_studies
 from gafi_opt.pipeline.store import QUALITY_ATTR
-from gafi_opt.search.stages import SEARCH_STAGES, SEARCHED, STAGES
+from gafi_opt.search.stages import SEARCHED
 from gafi_opt.stats import mean_sd
 from gafi_opt.storages import open_storage
 
@@ -47,6 +47,9 @@ EXPORT_KEYS = (
     "real_fd",
     "real_precision",
     "real_recall",
+    "guidance",  # a diffusion generator's sampling knobs: None (empty cells) for a GAN
+    "steps",
+    "sampler",
 )
 QUALITY_PARTS = {"": "final", "synthetic_baseline_": "baseline", "real_": "real"}  # key prefix -> part of the quality attr
 QUALITY_METRICS = ("fd", "precision", "recall")
@@ -58,14 +61,16 @@ def summary_row(pipeline: Pipeline) -> dict:
     row = {key: None for key in EXPORT_KEYS}
     row.update(pipeline=pipeline.name, dataset=attrs.get("dataset", pipeline.spec.data.source), selection=pipeline.spec.selection)
     searched = []
-    for stage in SEARCH_STAGES:
+    for stage in pipeline.search_stages:
         if pipeline.stage_complete(stage):
             row[SEARCHED[stage]] = pipeline.best_value(stage)
         searched += [t.user_attrs["val_acc"] for t in pipeline.finished_trials(stage) if t.state == TrialState.COMPLETE]
     # The search's best val beside the final stage's fresh one (cas_val): their difference is selection inflation.
     row["search_val"] = max(searched, default=None)
-    rules = sorted({pipeline.spec.stage(stage).rule for stage in SEARCH_STAGES})
+    rules = sorted({pipeline.spec.stage(stage).rule for stage in pipeline.search_stages})
     row["rule"] = rules[0] if len(rules) == 1 else "+".join(rules)
+    if pipeline.spec.is_diffusion and "sampler" not in pipeline.search_stages:
+        row["sampler"] = pipeline.spec.generator.diffusion.sampler  # not searched: the spec's, which every stage used
     final = pipeline.seed_summary("final")
     if final:
         row.update(cas_val=final["val"], cas_test=final["test"], cas_test_std=final["test_std"], seeds=final["seeds"])
@@ -138,7 +143,7 @@ def stage_status(pipeline: Pipeline) -> list[dict]:
     and the classifier-epochs the finished trials spent (the search's cost)."""
     current = pipeline.current_stage()
     rows = []
-    for stage in STAGES:
+    for stage in pipeline.stages:
         study = pipeline.stage_study(stage)
         counts = {state.name.lower(): 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
         reused = epochs = 0

@@ -39,7 +39,7 @@ SMOOTHING_RULES = ("robust",)  # choice: the maximum of the smoothed estimate
 class Observation:
     """A finished trial as a rule sees it: its value of the searched parameter and its score."""
 
-    value: float
+    value: float | str  # a sampler stage's values are names
     score: float  # the rule's score; for a pruned trial, the val at the cut (shown, never chosen)
     trial: int  # trial number
     pruned: bool = False
@@ -102,7 +102,8 @@ def choose(rule: str, trials: list[FrozenTrial], param: str, grid: list, key: st
     complete = [o for o in seen if not o.pruned]
     if not complete:
         return None
-    if rule not in SMOOTHING_RULES:
+    ordered = not any(isinstance(o.value, str) for o in complete)  # a sampler's names have no order to smooth over
+    if rule not in SMOOTHING_RULES or not ordered:
         best = max(complete, key=lambda o: (o.score, -o.trial))
         return Choice(rule, best.value, best.trial, best.score, seen)
     estimate = smoothed(complete, grid)

@@ -5,6 +5,12 @@ checkpoint which generator epoch (filter at threshold 0, set renewed every N=10 
 stddev     the Expansion Trick's latent stddev, on the best checkpoint
 threshold  Dynamic Sample Filtering's confidence threshold, on the best checkpoint and stddev
 final      the best of everything, set renewed every epoch (N=1), repeated over seeds
+
+A diffusion generator (generator.arch = "diffusion") has three more knobs, each a stage between
+checkpoint and stddev, run like the checkpoint stage (stddev 1, filter at 0) on the best of the
+stages before: `sampler` (only when sampler.values lists samplers), `guidance` (classifier-free
+guidance scale) and `steps` (sampling steps). Until its own stage, a knob takes the spec's
+generator.diffusion value, so each stage's default point repeats the stage before's best and is reused.
 """
 
 from __future__ import annotations
@@ -18,8 +24,25 @@ from gafi_opt.spec import Spec, StageSpec
 STAGES = ("baseline", "checkpoint", "stddev", "threshold", "final")
 SEARCH_SEED_STRIDE = 1000  # robust rule: search stage k trains with seed spec.seed + 1000 * (k + 1), apart from the final seeds
 SEARCH_STAGES = ("checkpoint", "stddev", "threshold")  # in order: each fixes its best value for the next
-SEARCHED = {"baseline": "seed", "checkpoint": "checkpoint", "stddev": "stddev", "threshold": "threshold", "final": "seed"}
+KNOB_STAGES = ("sampler", "guidance", "steps")  # a diffusion generator's sampling knobs, searched in this order
+SEARCHED = {
+    "baseline": "seed", "checkpoint": "checkpoint", "stddev": "stddev", "threshold": "threshold", "final": "seed",
+    "sampler": "sampler", "guidance": "guidance", "steps": "steps",
+}  # fmt: skip
 NO_FILTER = None
+
+
+def search_stages(spec: Spec) -> tuple[str, ...]:
+    """The searched stages of the spec's pipeline, in order (a GAN's: SEARCH_STAGES)."""
+    if not spec.is_diffusion:
+        return SEARCH_STAGES
+    knobs = tuple(stage for stage in KNOB_STAGES if stage != "sampler" or spec.sampler.values)
+    return ("checkpoint", *knobs, "stddev", "threshold")
+
+
+def pipeline_stages(spec: Spec) -> tuple[str, ...]:
+    """Every stage of the spec's pipeline, in the order they run (a GAN's: STAGES)."""
+    return ("baseline", *search_stages(spec), "final")
 
 
 @dataclass(frozen=True)
@@ -32,12 +55,17 @@ class TrialConfig:
     threshold: float | None  # None: no filtering at all
     recycle_every: int  # 0: the set is generated once and kept
     seed: int
+    # A diffusion generator's sampling knobs; None for a GAN.
+    guidance: float | None = None
+    steps: int | None = None
+    sampler: str | None = None
 
     def describe(self) -> str:
         threshold = "off" if self.threshold is None else f"{self.threshold:g}"
         recycle = "never" if not self.recycle_every else f"every {self.recycle_every} epoch(s)"
+        knobs = "" if self.sampler is None else f"sampler {self.sampler}, guidance {self.guidance:g}, steps {self.steps}, "
         return (
-            f"stage {self.stage}: checkpoint {self.checkpoint}, stddev {self.stddev:g}, "
+            f"stage {self.stage}: checkpoint {self.checkpoint}, {knobs}stddev {self.stddev:g}, "
             f"filter threshold {threshold}, set renewed {recycle}, seed {self.seed}"
         )
 
@@ -54,7 +82,9 @@ def grid(spec: Spec, stage: str) -> list:
     if stage in ("baseline", "final"):
         return [spec.seed + i for i in range(spec.final.seeds)]
     values = spec.stage(stage).values
-    return [int(v) for v in values] if stage == "checkpoint" else [float(v) for v in values]
+    if stage == "sampler":
+        return [str(v) for v in values]
+    return [int(v) for v in values] if stage in ("checkpoint", "steps") else [float(v) for v in values]
 
 
 def is_grid(spec: Spec, stage: str) -> bool:
@@ -89,7 +119,7 @@ def suggest(trial: optuna.Trial, spec: Spec, stage: str):
     step = _common_step(values)
     if step is None or len(values) < 2:  # an irregular grid: only its own points exist (e.g. checkpoints)
         return trial.suggest_categorical(name, values)
-    if stage == "checkpoint":
+    if stage in ("checkpoint", "steps"):
         return trial.suggest_int(name, min(values), max(values), step=int(step))
     return round(trial.suggest_float(name, min(values), max(values), step=step), 9)  # 1.7, not 1.7000000000000002
 
@@ -97,16 +127,41 @@ def suggest(trial: optuna.Trial, spec: Spec, stage: str):
 def trial_config(stage: str, value, fixed: dict, spec: Spec) -> TrialConfig:
     """The trial's data recipe: its searched value plus what earlier stages fixed."""
     recycle = stage_spec(spec, stage).recycle_every
+    knobs = _knobs(spec, stage, value, fixed)
     if stage == "baseline":
-        return TrialConfig(stage, fixed["last_checkpoint"], 1.0, NO_FILTER, 0, int(value))
-    seed = search_seed(spec, stage) if stage in SEARCH_STAGES else int(value)
+        return TrialConfig(stage, fixed["last_checkpoint"], 1.0, NO_FILTER, 0, int(value), **knobs)
+    seed = search_seed(spec, stage) if stage in search_stages(spec) else int(value)
     if stage == "checkpoint":
-        return TrialConfig(stage, int(value), 1.0, 0.0, recycle, seed)
+        return TrialConfig(stage, int(value), 1.0, 0.0, recycle, seed, **knobs)
+    if stage in KNOB_STAGES:
+        return TrialConfig(stage, fixed["checkpoint"], 1.0, 0.0, recycle, seed, **knobs)
     if stage == "stddev":
-        return TrialConfig(stage, fixed["checkpoint"], float(value), 0.0, recycle, seed)
+        return TrialConfig(stage, fixed["checkpoint"], float(value), 0.0, recycle, seed, **knobs)
     if stage == "threshold":
-        return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], float(value), recycle, seed)
-    return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], fixed["threshold"], recycle, seed)
+        return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], float(value), recycle, seed, **knobs)
+    return TrialConfig(stage, fixed["checkpoint"], fixed["stddev"], fixed["threshold"], recycle, seed, **knobs)
+
+
+def _knobs(spec: Spec, stage: str, value, fixed: dict) -> dict:
+    """A diffusion trial's sampler, guidance and steps: its own stage's value, else the best of a stage
+    that runs before it, else the spec's generator.diffusion default; {} for a GAN.
+
+    Only stages before `stage` count, so a later stage's `fixed` rebuilds an earlier stage's recipes
+    exactly (as reuse does to find a repeated recipe)."""
+    if not spec.is_diffusion:
+        return {}
+    order = search_stages(spec)
+    if stage == "final":
+        before = order
+    elif stage in order:
+        before = order[: order.index(stage)]
+    else:  # the baseline: the spec's defaults
+        before = ()
+    default = spec.generator.diffusion
+    knobs = {name: fixed[name] if name in before and name in fixed else getattr(default, name) for name in KNOB_STAGES}
+    if stage in KNOB_STAGES:
+        knobs[stage] = value
+    return {"sampler": str(knobs["sampler"]), "guidance": float(knobs["guidance"]), "steps": int(knobs["steps"])}
 
 
 def search_seed(spec: Spec, stage: str) -> int:
@@ -118,7 +173,7 @@ def search_seed(spec: Spec, stage: str) -> int:
     """
     if spec.stage(stage).rule == "argmax":
         return spec.seed
-    return spec.seed + SEARCH_SEED_STRIDE * (SEARCH_STAGES.index(stage) + 1)
+    return spec.seed + SEARCH_SEED_STRIDE * (search_stages(spec).index(stage) + 1)
 
 
 def spread_order(n: int) -> list[int]:

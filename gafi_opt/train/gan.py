@@ -21,15 +21,9 @@ from gafi_opt.errors import GafiError
 from gafi_opt.models import build_discriminator, build_generator
 from gafi_opt.models.checkpoints import atomic_save, generator_dir, read_weights
 from gafi_opt.spec import Spec
+from gafi_opt.train.ema import ema_update
 
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
+__all__ = ["ema_update", "train_generator"]
 
 
 def train_generator(spec: Spec, data: RealData, device: torch.device, seed: int = 0, progress: bool = True) -> int:
