@@ -61,28 +61,27 @@ compile_seconds: dict[str, float] = {}
 # ---------------------------------------------------------------- models
 
 
-def digits_models(run_dir: Path, epoch: int | None):
-    """The trained digits generator (latest or given epoch) and filter, or small ones trained here."""
+def trained_models(preset: str, run_dir: Path, epoch: int | None, quick_epochs: int):
+    """The trained generator of studies/<preset>.toml (latest or given epoch) and its filter, or small ones
+    trained here (`quick_epochs` generator epochs) when run_dir holds none."""
     from gafi_opt.data import load_data
     from gafi_opt.models.checkpoints import checkpoint_paths, load_generator
     from gafi_opt.spec import load_spec
-    from gafi_opt.train.real import load_filter
+    from gafi_opt.train.generator import train_generator
+    from gafi_opt.train.real import load_filter, train_real_classifier
 
-    study = ROOT / "studies" / "digits.toml"
+    study = ROOT / "studies" / f"{preset}.toml"
     spec = load_spec(study, [f"run_dir={run_dir}"])
     data = load_data(spec.data)
-    origin = f"trained digits models from {run_dir}"
+    origin = f"trained {preset} models from {run_dir}"
     if not (run_dir / "filter.pt").exists() or not checkpoint_paths(spec):
         import tempfile
 
-        from gafi_opt.train.gan import train_generator
-        from gafi_opt.train.real import train_real_classifier
-
         scratch = Path(tempfile.mkdtemp(prefix="gafi-synth-bench-"))
-        spec = load_spec(study, [f"run_dir={scratch}", "generator.epochs=30", "checkpoint.values=[30]"])
+        spec = load_spec(study, [f"run_dir={scratch}", f"generator.epochs={quick_epochs}", f"checkpoint.values=[{quick_epochs}]"])
         train_real_classifier(spec, data, torch.device("cpu"), progress=False)
         train_generator(spec, data, torch.device("cpu"), seed=0, progress=False)
-        origin = "digits models trained by this benchmark (30 generator epochs)"
+        origin = f"{preset} models trained by this benchmark ({quick_epochs} generator epochs)"
     paths = checkpoint_paths(spec)
     epoch = epoch or max(paths)
     generator = load_generator(spec, paths[epoch], data.image_shape, data.num_classes)
@@ -113,34 +112,6 @@ def calibrated_temperature(squared_distances: torch.Tensor, target: float) -> fl
         top = (-squared_distances / mid).softmax(1).max(1).values.median()
         low, high = (mid, high) if top > target else (low, mid)
     return (low * high) ** 0.5
-
-
-def digits_diffusion_models(run_dir: Path, epoch: int | None):
-    """The trained digits-diffusion generator (latest or given epoch) and filter, or small ones trained here."""
-    from gafi_opt.data import load_data
-    from gafi_opt.models.checkpoints import checkpoint_paths, load_generator
-    from gafi_opt.spec import load_spec
-    from gafi_opt.train.generator import train_generator
-    from gafi_opt.train.real import load_filter, train_real_classifier
-
-    study = ROOT / "studies" / "digits-diffusion.toml"
-    spec = load_spec(study, [f"run_dir={run_dir}"])
-    data = load_data(spec.data)
-    origin = f"trained digits-diffusion models from {run_dir}"
-    if not (run_dir / "filter.pt").exists() or not checkpoint_paths(spec):
-        import tempfile
-
-        scratch = Path(tempfile.mkdtemp(prefix="gafi-synth-bench-"))
-        spec = load_spec(study, [f"run_dir={scratch}", "generator.epochs=20", "checkpoint.values=[20]"])
-        train_real_classifier(spec, data, torch.device("cpu"), progress=False)
-        train_generator(spec, data, torch.device("cpu"), seed=0, progress=False)
-        origin = "digits-diffusion models trained by this benchmark (20 generator epochs)"
-    paths = checkpoint_paths(spec)
-    epoch = epoch or max(paths)
-    generator = load_generator(spec, paths[epoch], data.image_shape, data.num_classes)
-    filter_model = load_filter(spec, data.image_shape, data.num_classes, "cpu")
-    per_class = data.train_y.numel() // data.num_classes
-    return generator, filter_model, data.num_classes, per_class, f"{origin}, generator epoch {epoch}", to_float(data.val_x[:256])
 
 
 def unet32_models(per_class: int):
@@ -326,11 +297,11 @@ def main() -> None:
     with torch.inference_mode(False):
         for name in args.models:
             if name == "digits":
-                models = digits_models(Path(args.run_dir), args.epoch)
+                models = trained_models("digits", Path(args.run_dir), args.epoch, quick_epochs=30)
             elif name == "dcgan32":
                 models = dcgan_models(args.dcgan_per_class)
             elif name == "digits-diffusion":
-                models = digits_diffusion_models(Path(args.diffusion_run_dir), None)
+                models = trained_models("digits-diffusion", Path(args.diffusion_run_dir), None, quick_epochs=20)
             else:
                 models = unet32_models(args.unet32_per_class)
             generator, filter_model, classes, per_class, description, example = models

@@ -45,12 +45,14 @@ class CasResult:
     filled: int  # slots the synthetic set filled over the trial (fallback ones included)
     val_history: list[float] = field(default_factory=list)
     pruned: bool = False
+    same_set_thresholds: tuple[float, float] | None = None  # SyntheticSource.same_set_thresholds
     # A few images per class of the final synthetic set (uint8, CPU), for the dashboard's sample grid.
     samples: torch.Tensor | None = field(default=None, repr=False)
 
     def user_attrs(self) -> dict:
         # A pruned trial was never tested: it gets no test_acc rather than a NaN.
         tested = {} if self.pruned else {"test_acc": self.test_acc}
+        same_set = {} if self.same_set_thresholds is None else {"same_set_thresholds": list(self.same_set_thresholds)}
         return {
             "val_acc": self.val_acc,
             **tested,
@@ -61,6 +63,7 @@ class CasResult:
             "fallback_fraction": round(self.fallback / self.filled, 4) if self.filled else 0.0,
             # 4 decimals (finer than any val set's accuracy step) keep the dashboard's attribute line short.
             "val_history": [round(v, 4) for v in self.val_history],
+            **same_set,
         }
 
 
@@ -185,6 +188,7 @@ def _result(ctx, trainer, source, history, started, test: bool) -> CasResult:
         fallback=int(source.stats.fallback.sum()),
         filled=int(source.filled),
         val_history=history,
+        same_set_thresholds=getattr(source, "same_set_thresholds", None),  # multigen's MultiSource has none
         samples=_class_samples(source, SAMPLES_PER_CLASS),
     )
 

@@ -5,7 +5,7 @@ import json
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import DIGITS
+from conftest import DIGITS, tiny_overrides
 from optuna.trial import TrialState
 
 from gafi_opt.cli import main
@@ -73,7 +73,8 @@ def test_the_robust_rule_evaluates_the_previous_winner_afresh(tiny_pipeline):
     pipeline = Pipeline.load(url, spec.name)
     for index, (stage, point) in enumerate((("checkpoint", None), ("stddev", 1.0), ("threshold", 0.0))):
         trials = pipeline.finished_trials(stage)
-        assert all("reused" not in t.user_attrs and t.user_attrs["classifier_epochs"] > 0 for t in trials)
+        # Nothing is handed an earlier stage's result; a threshold may repeat a set its own stage drew.
+        assert all(t.user_attrs.get("reused", f"{stage} stage").startswith(f"{stage} stage") for t in trials)
         assert all(f"seed {spec.seed + 1000 * (index + 1)}" in t.user_attrs["config"] for t in trials)
         if point is not None:
             assert [t for t in trials if t.params[stage] == point]
@@ -115,9 +116,41 @@ def test_under_the_paper_rule_points_that_repeat_the_previous_best_reuse_it(tiny
         for key in ("val_acc", "test_acc", "val_history", "acceptance_rate"):
             assert repeat.user_attrs[key] == source.user_attrs[key]
         others = [t for t in pipeline.finished_trials(stage) if t.params[stage] != point]
-        assert others and all("reused" not in t.user_attrs and t.user_attrs["classifier_epochs"] > 0 for t in others)
+        trained = [t for t in others if "reused" not in t.user_attrs]
+        assert trained and all(t.user_attrs["classifier_epochs"] > 0 for t in trained)
+        for trial in others:  # the rest drew a set a threshold of theirs repeats (same-set reuse)
+            assert trial in trained or trial.user_attrs["same_set_thresholds"][0] <= trial.params[stage] < trial.user_attrs["same_set_thresholds"][1]
     # The final and baseline stages always train.
     assert all("reused" not in t.user_attrs for s in ("baseline", "final") for t in pipeline.finished_trials(s))
+
+
+def test_a_threshold_that_filters_the_same_set_reuses_the_trial_that_drew_it(tiny_pipeline):
+    # A sample is kept when the filter's argmax is its class, so p[class] >= 1/10 on digits: thresholds
+    # 0 and 0.05 take the same decisions on every candidate, so draw the same set with the same seed.
+    import torch
+
+    from gafi_opt.cas import TrialContext, train_cas
+    from gafi_opt.data import load_data
+    from gafi_opt.search.stages import trial_config
+    from gafi_opt.spec import load_spec
+    from gafi_opt.storages import open_storage
+
+    tiny_spec, _ = tiny_pipeline  # its filter and generator: only the new trials train
+    overrides = [*tiny_overrides(tiny_spec.run_path, name="tiny-same-set"), "threshold.values=[0.0, 0.05, 0.5]"]
+    url = f"sqlite:///{tiny_spec.run_path.parent / 'same-set.db'}"
+    result = CliRunner().invoke(main, ["run", str(DIGITS), "--quiet", "--storage", url] + [a for o in overrides for a in ("--set", o)])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(DIGITS, overrides)
+    pipeline = Pipeline(open_storage(url), spec)
+    trials = {t.params["threshold"]: t for t in pipeline.finished_trials("threshold")}
+    low = trials[0.05]  # run after 0.5 and 0.0 (the grid's ends first)
+    (source,) = [t for t in trials.values() if low.user_attrs["reused"] == f"threshold stage, trial {t.number}"]
+    assert source.user_attrs["same_set_thresholds"][0] <= 0.05 < source.user_attrs["same_set_thresholds"][1]
+    assert low.user_attrs["classifier_epochs"] == 0 and low.user_attrs["val_history"] == source.user_attrs["val_history"]
+    # Trained afresh, the reused point gives exactly the result it was handed.
+    config = trial_config("threshold", 0.05, pipeline.stage_study("threshold").user_attrs["fixed"], spec)
+    fresh = train_cas(TrialContext(spec, load_data(spec.data), torch.device("cpu")), config)
+    assert fresh.val_history == pytest.approx(low.user_attrs["val_history"], abs=1e-4) and fresh.test_acc == low.user_attrs["test_acc"]
 
 
 def test_export_json_matches_the_storage(tiny_pipeline):
@@ -148,8 +181,10 @@ def test_status_and_markdown_export(tiny_pipeline):
     assert "checkpoint " in status.output and "done" in status.output
     # Per stage: reused trials and classifier-epochs spent; the total matches the trials' own counts.
     lines = {line.split()[0]: line.split() for line in status.output.splitlines()[2:] if line.startswith("  ") and line.split()[0] in STAGES}
-    assert lines["stddev"][-2] == "0" and lines["threshold"][-2] == "0" and lines["checkpoint"][-2] == "0"  # robust: nothing reused
     pipeline = Pipeline.load(url, spec.name)
+    for stage in ("checkpoint", "stddev", "threshold"):  # robust: only a threshold repeating its own stage's set is reused
+        assert lines[stage][-2] == str(sum("reused" in t.user_attrs for t in pipeline.finished_trials(stage)))
+    assert lines["checkpoint"][-2] == lines["stddev"][-2] == "0"
     spent = sum(t.user_attrs["classifier_epochs"] for stage in STAGES for t in pipeline.finished_trials(stage))
     assert f"classifier-epochs spent by finished trials: {spent} " in status.output
     table = CliRunner().invoke(main, ["export", "--storage", url, "--pipeline", spec.name, "--format", "markdown"])

@@ -120,6 +120,20 @@ def test_same_seed_same_set():
     assert torch.equal(a.images, b.images)
 
 
+def test_a_threshold_inside_the_same_set_range_draws_the_same_set():
+    source = make(threshold=0.6, filter_model=SignFilter(), per_class=200)
+    source.fill(), source.recycle(0.5)
+    low, high = source.same_set_thresholds
+    assert low <= 0.6 < high < 1.0
+    inside = make(threshold=(0.6 + high) / 2, filter_model=SignFilter(), per_class=200)
+    inside.fill(), inside.recycle(0.5)
+    assert torch.equal(inside.images, source.images) and inside.stats.acceptance_rate == source.stats.acceptance_rate
+    outside = make(threshold=high, filter_model=SignFilter(), per_class=200)  # rejects a sample the first accepted
+    outside.fill(), outside.recycle(0.5)
+    assert not torch.equal(outside.images, source.images)
+    assert make().same_set_thresholds is None  # unfiltered
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="threshold"):
         make(threshold=1.0, filter_model=SignFilter())

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from gafi_opt.errors import GafiError
 from gafi_opt.pipeline.loop import READY_WAIT_S
 from gafi_opt.search.pruners import make_pruner
-from gafi_opt.search.reuse import same_recipe
+from gafi_opt.search.reuse import same_recipe, same_set
 from gafi_opt.search.samplers import make_sampler
 from gafi_opt.search.selection import Choice, choose, late_epochs
 from gafi_opt.search.stages import SEARCHED, TrialConfig, grid, pipeline_stages, search_stages, slot_params, suggest, trial_config
@@ -275,16 +275,18 @@ class Pipeline:
         return self.choice(stage).value
 
     def trial_to_reuse(self, stage: str, config: TrialConfig, fixed: dict) -> tuple[optuna.trial.FrozenTrial, str] | None:
-        """An earlier search stage's best trial with the same data recipe as `config`, and its name.
-
-        Only the best trials can coincide: a later stage fixes every earlier value to the best.
-        """
+        """A finished trial that trained on exactly the data `config` would, with the same seed, and its name:
+        an earlier search stage's best (a later stage fixes every earlier value to the best, so only the
+        best can coincide), or a complete trial of this stage whose set a threshold inside its
+        same-set range repeats (gafi_opt.search.reuse.same_set)."""
         if stage not in self.search_stages:
             return None
-        for earlier in self.search_stages[: self.search_stages.index(stage)]:
-            best = self.best_trial(earlier)
-            if same_recipe(trial_config(earlier, best.params[SEARCHED[earlier]], fixed, self.spec), config):
-                return best, f"{earlier} stage, trial {best.number}"
+        earlier = [(e, self.best_trial(e)) for e in self.search_stages[: self.search_stages.index(stage)]]
+        own = [(stage, t) for t in self.finished_trials(stage) if t.state == TrialState.COMPLETE]
+        for where, trial in earlier + own:
+            theirs = trial_config(where, trial.params[SEARCHED[where]], fixed, self.spec)
+            if same_recipe(theirs, config) or same_set(trial, theirs, config):
+                return trial, f"{where} stage, trial {trial.number}"
         return None
 
     def seed_summary(self, stage: str) -> dict:

@@ -3,7 +3,9 @@
 The checkpoint stage trains with stddev 1 and filter threshold 0. So the stddev stage's point
 1.0 is the checkpoint stage's best trial once more (same checkpoint, stddev, filter, recycle
 period, seed: the same data recipe), and the threshold stage's point 0.0 is the stddev
-stage's best. Such a trial replays the earlier one: its val history is reported again (so
+stage's best. A filtered trial also records the thresholds that would have drawn exactly its set
+(gafi_opt.synth.SyntheticSource.same_set_thresholds), so a threshold inside them repeats it too: a
+confident filter makes thresholds 0.0 to 0.3 one set on digits. Such a trial replays the earlier one: its val history is reported again (so
 pruners, successive halving's rungs included, compare against it; whatever the pruner says of
 it is moot, its result is known), its attributes are copied with `reused` naming the source, and it
 costs 0 classifier-epochs. Only search stages reuse: the final and baseline stages always
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import optuna
 
 from gafi_opt.search.stages import TrialConfig
@@ -28,6 +31,18 @@ from gafi_opt.search.stages import TrialConfig
 def same_recipe(a: TrialConfig, b: TrialConfig) -> bool:
     """True when two trials train on the same data with the same seed (whatever their stage)."""
     return _recipe(a) == _recipe(b)
+
+
+def same_set(earlier: optuna.trial.FrozenTrial, earlier_config: TrialConfig, config: TrialConfig) -> bool:
+    """True when the complete trial `earlier` drew exactly the set `config` would: the same recipe but
+    for the filter threshold, which lies where every filter decision of `earlier` stays the same."""
+    interval = earlier.user_attrs.get("same_set_thresholds")
+    if interval is None or earlier_config.threshold is None or config.threshold is None:
+        return False
+    if not same_recipe(dataclasses.replace(earlier_config, threshold=config.threshold), config):
+        return False
+    low, high = interval
+    return low <= float(np.float32(config.threshold)) < high  # the filter compares in float32
 
 
 def _recipe(config: TrialConfig) -> tuple:

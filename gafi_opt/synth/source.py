@@ -8,6 +8,10 @@ It implements the three GaFi techniques that act on sampling:
   (counted in `stats.fallback`, never duplicated);
 - Dynamic Dataset Recycle: `recycle(fraction)` renews a random share of the slots.
 
+A filtered source also records `same_set_thresholds`: the thresholds that would have taken exactly
+the same decisions on every candidate it drew, so the same random draws and the same set (a
+confident filter accepts nothing near a low threshold: on digits 0.0 to 0.3 often make one set).
+
 Everything runs batched over all classes at once, under inference mode, on the device
 that trains the classifier; the set itself is a uint8 tensor on that device. A filtering
 round draws, for every class, as many candidates as its measured acceptance rate says
@@ -100,6 +104,9 @@ class SyntheticSource:
         self._store: torch.Tensor | None = None  # len + 1 rows: the last one takes writes that go nowhere
         self.stats = SynthesisStats.zeros(num_classes, self.device)
         self.filled = 0  # slots (re)generated so far, fallback ones included
+        # Over all candidates whose argmax is their class: the highest p[class] rejected, the lowest accepted.
+        self._rejected_max = torch.zeros((), device=self.device)
+        self._accepted_min = torch.ones((), device=self.device)
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -107,6 +114,14 @@ class SyntheticSource:
     @property
     def images(self) -> torch.Tensor | None:
         return None if self._store is None else self._store[: len(self)]
+
+    @property
+    def same_set_thresholds(self) -> tuple[float, float] | None:
+        """(low, high): with any threshold t, low <= float32(t) < high, every filter decision so far, and so
+        every draw and the set, would have been the same (None when unfiltered)."""
+        if self.threshold is None:
+            return None
+        return float(self._rejected_max), float(self._accepted_min)
 
     def fill(self, progress: bool = False) -> None:
         """(Re)generate every slot; `progress` shows a bar of filled slots and the acceptance rate."""
@@ -224,9 +239,13 @@ class SyntheticSource:
     def _accepts(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The filter's verdict on the stored (uint8) form of the images."""
         x = to_float(images).contiguous(memory_format=torch.channels_last)
-        probs = run_inference(self.filter_model, self.dtype, x).softmax(1)
+        probs = run_inference(self.filter_model, self.dtype, x).float().softmax(1)
         p_class = probs.gather(1, labels[:, None]).squeeze(1)
-        return (probs.argmax(1) == labels) & (p_class > self.threshold)
+        matches = probs.argmax(1) == labels
+        accept = matches & (p_class > self.threshold)
+        self._rejected_max = torch.maximum(self._rejected_max, torch.where(matches & ~accept, p_class, 0.0).max())
+        self._accepted_min = torch.minimum(self._accepted_min, torch.where(accept, p_class, 1.0).min())
+        return accept
 
     def _class_counts(self, labels: torch.Tensor) -> torch.Tensor:
         # index_add_ instead of bincount: bincount must read the maximum back to the host on CUDA.
