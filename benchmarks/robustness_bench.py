@@ -3,7 +3,7 @@
 For each dataset and each of `--seeds` pipeline seeds, the whole pipeline runs from nothing: a filter
 classifier and a generator trained anew for that seed (in a run directory of the seed's own), then the
 baseline, checkpoint, stddev, threshold and final stages, once under each selection rule
-(`--rules`, default: the paper's `argmax` and the default `robust`, both choosing on val; `paper` is the
+(`--rules`, default: the paper's `argmax` and the default `late`, both choosing on val; `paper` is the
 paper's whole protocol, `--paper-selection`: argmax on the test split, so an optimistic reference, not a
 rule one may use). The rules of a seed share its filter and generator, so they differ only in how the
 search stages choose. Everything runs
@@ -153,7 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(STUDIES), choices=list(STUDIES))
     parser.add_argument("--seeds", type=positive_int, default=5, help="pipeline seeds (each trains its own filter and generator)")
-    parser.add_argument("--rules", nargs="+", default=["argmax", "robust"], choices=[*RULES, PAPER])
+    parser.add_argument("--rules", nargs="+", default=["argmax", "late"], choices=[*RULES, PAPER])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], help="extra spec overrides for every pipeline")
     parser.add_argument("--keep", default=None, help="keep the run directories and storage in this folder (default: a scratch folder, removed)")

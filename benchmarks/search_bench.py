@@ -5,7 +5,7 @@ On the digits preset, for each of several seeds (the spec's `seed`), the search 
 
 - grid: every grid point, full classifier epochs, no pruner, argmax (the paper's exhaustive way);
 - argmax, fresh, late, robust: every grid point with the preset's median pruner, under each selection
-  rule of gafi_opt.search.selection (each adds one remedy against luck to the one before; robust is
+  rule of gafi_opt.search.selection (each adds one remedy against luck to the one before; late is
   the default);
 - tpe+sha, tpe+hyperband, gp+sha: a budgeted search (Optuna's TPE or GP sampler over the same ranges,
   a trial budget per stage) cut by successive halving or Hyperband, under the default rule;
@@ -24,7 +24,7 @@ and the worst seed). Best search val minus final val is how much selection infla
 It reuses the digits generator checkpoints and filter (runs/digits, made by `gafi-opt run
 studies/digits.toml`); they are copied to a scratch folder first.
 
-    .venv/bin/python benchmarks/search_bench.py                 # 3 seeds, grid / robust / tpe+sha / gp+sha
+    .venv/bin/python benchmarks/search_bench.py                 # 3 seeds, grid / late / tpe+sha / gp+sha
     .venv/bin/python benchmarks/search_bench.py --seeds 10 --modes grid argmax fresh late robust --output selection_bench
 """
 
@@ -55,8 +55,8 @@ MODES = {
     "grid": {"search": "grid", "pruner": "none", "rule": "argmax"},  # the paper: every point, full epochs, argmax
     "argmax": {"search": "grid", "pruner": "median", "rule": "argmax"},  # the preset's pruner, the paper's rule
     "fresh": {"search": "grid", "pruner": "median", "rule": "fresh"},  # + the previous winner evaluated afresh
-    "late": {"search": "grid", "pruner": "median", "rule": "late"},  # + late-epoch averaging
-    "robust": {"search": "grid", "pruner": "median", "rule": "robust"},  # + the smoothed estimate: the default
+    "late": {"search": "grid", "pruner": "median", "rule": "late"},  # + late-epoch averaging: the default
+    "robust": {"search": "grid", "pruner": "median", "rule": "robust"},  # + the smoothed estimate
     "tpe+sha": {"search": "tpe", "pruner": "sha"},
     "tpe+hyperband": {"search": "tpe", "pruner": "hyperband"},
     "gp+sha": {"search": "gp", "pruner": "sha"},
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--study", default=str(ROOT / "studies" / "digits.toml"))
     parser.add_argument("--run-dir", default=str(ROOT / "runs" / "digits"), help="holds filter.pt and generator/epoch_*.pt")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--modes", nargs="+", default=["grid", "robust", "tpe+sha", "gp+sha"], choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=["grid", "late", "tpe+sha", "gp+sha"], choices=list(MODES))
     parser.add_argument("--trials", default="checkpoint=4,stddev=2,threshold=2",
                         help="trial budget of each budgeted stage (the checkpoint matters most on digits)")
     parser.add_argument("--tolerance", type=float, default=0.5, help="points of val CAS below the grid's best that count as reached")

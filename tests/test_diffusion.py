@@ -339,7 +339,7 @@ def run_tiny(tmp_path_factory, name: str, *extra: str):
 
 @pytest.fixture(scope="module")
 def tiny_diffusion_pipeline(tmp_path_factory):
-    """The default rule (robust): each search stage trains its points with a seed of its own."""
+    """The default rule (late): each search stage trains its points with a seed of its own."""
     return run_tiny(tmp_path_factory, "tiny-diffusion")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -40,15 +43,16 @@ def test_figures_show_the_trials(tiny_pipeline):
     for stage in ("checkpoint", "stddev", "threshold"):
         trials = pipeline.finished_trials(stage)
         figure = stage_figure(pipeline, stage)
-        # What the robust rule saw: each trial's val averaged over the epochs after the last lr drop.
-        val = next(t for t in figure.data if t.name.startswith("val CAS, mean of the last epochs"))
+        # What the default rule (late) saw: each trial's val averaged over the epochs after the last lr drop.
+        val = next(t for t in figure.data if t.name.startswith("val CAS, mean ± sd of the last epochs"))
         complete = sorted((t for t in trials if t.value is not None), key=lambda t: t.number)
         late = late_epochs(spec.cas.epochs, spec.cas.lr_milestones)
         assert list(val.x) == [t.params[stage] for t in complete]
-        assert list(val.y) == pytest.approx([100 * sum(t.user_attrs["val_history"][-late:]) / late for t in complete])
+        assert list(val.y) == pytest.approx([100 * statistics.fmean(t.user_attrs["val_history"][-late:]) for t in complete])
+        assert list(val.error_y.array) == pytest.approx([100 * statistics.pstdev(t.user_attrs["val_history"][-late:]) for t in complete])
         best = pipeline.best_trial(stage)
-        star = next(t for t in figure.data if t.name.startswith("chosen (robust)"))
-        assert list(star.x) == [best.params[stage]] and "(rule: robust)" in figure.layout.title.text
+        star = next(t for t in figure.data if t.name.startswith("chosen (late)"))
+        assert list(star.x) == [best.params[stage]] and "(rule: late)" in figure.layout.title.text
         curves = val_curves_figure(pipeline, stage)
         assert list(curves.data[0].y) == pytest.approx([100 * v for v in best.user_attrs["val_history"]])
         history = history_figure(pipeline, stage)
@@ -98,7 +102,9 @@ def test_generation_bar_shows_acceptance(capsys):
 
 def test_the_key_figure_shows_the_smoothed_estimate_the_rule_chose_by(tmp_path):
     url = f"sqlite:///{tmp_path / 'g.db'}"
-    pipeline = Pipeline.create_or_load(fixed_work_spec("smooth", 6), url)
+    spec = fixed_work_spec("smooth", 6)
+    spec = dataclasses.replace(spec, checkpoint=dataclasses.replace(spec.checkpoint, rule="robust"))
+    pipeline = Pipeline.create_or_load(spec, url)
     StageLoop(pipeline, FixedWork(0.0), WorkerOptions(stages=("checkpoint",), poll=0.05)).run()
     figure = stage_figure(pipeline, "checkpoint")
     names = [t.name for t in figure.data]

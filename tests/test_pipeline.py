@@ -47,14 +47,14 @@ def test_each_stage_starts_from_the_best_of_the_one_before(tiny_pipeline):
         "threshold": best_threshold,
     }
     assert pipeline.stage_study("baseline").user_attrs["fixed"] == {"last_checkpoint": 3}
-    # The robust rule chooses on val, by the mean of the epochs after the last learning-rate drop
-    # (with two points there is nothing to smooth): no complete trial scores higher.
+    # The default rule (late) chooses on val, by the mean of the epochs after the last learning-rate drop
+    # no complete trial scores higher.
     late = late_epochs(spec.cas.epochs, spec.cas.lr_milestones)
     complete = [t for t in pipeline.finished_trials("checkpoint") if t.state == TrialState.COMPLETE]
     scores = {t.params["checkpoint"]: sum(t.user_attrs["val_history"][-late:]) / late for t in complete}
     assert scores[best_checkpoint] == max(scores.values())
     choice = pipeline.choice("checkpoint")
-    assert choice.rule == "robust" and choice.score == pytest.approx(scores[best_checkpoint])
+    assert choice.rule == "late" and choice.score == pytest.approx(scores[best_checkpoint])
 
 
 def test_the_paper_rule_takes_the_best_val_of_the_last_epoch(tiny_paper_pipeline):
@@ -66,7 +66,7 @@ def test_the_paper_rule_takes_the_best_val_of_the_last_epoch(tiny_paper_pipeline
         assert pipeline.best_trial(stage).user_attrs["val_acc"] == max(t.user_attrs["val_acc"] for t in complete)
 
 
-def test_the_robust_rule_evaluates_the_previous_winner_afresh(tiny_pipeline):
+def test_the_default_rule_evaluates_the_previous_winner_afresh(tiny_pipeline):
     # Each search stage trains with a seed of its own: stddev 1.0 and threshold 0.0 are trained again,
     # not handed the previous stage's (lucky) best score.
     spec, url = tiny_pipeline
@@ -170,7 +170,7 @@ def test_export_json_matches_the_storage(tiny_pipeline):
     assert all(0.0 <= row[k] <= 1.0 for k in ("cas_val", "cas_test", "synthetic_baseline_test", "real_test"))
     # Beside the final stage's fresh val: the search's best val (their difference is selection inflation).
     searched = [t.user_attrs["val_acc"] for s in ("checkpoint", "stddev", "threshold") for t in pipeline.finished_trials(s) if t.state == TrialState.COMPLETE]
-    assert row["search_val"] == max(searched) and row["rule"] == "robust"
+    assert row["search_val"] == max(searched) and row["rule"] == "late"
 
 
 def test_status_and_markdown_export(tiny_pipeline):
@@ -182,7 +182,7 @@ def test_status_and_markdown_export(tiny_pipeline):
     # Per stage: reused trials and classifier-epochs spent; the total matches the trials' own counts.
     lines = {line.split()[0]: line.split() for line in status.output.splitlines()[2:] if line.startswith("  ") and line.split()[0] in STAGES}
     pipeline = Pipeline.load(url, spec.name)
-    for stage in ("checkpoint", "stddev", "threshold"):  # robust: only a threshold repeating its own stage's set is reused
+    for stage in ("checkpoint", "stddev", "threshold"):  # late: only a threshold repeating its own stage's set is reused
         assert lines[stage][-2] == str(sum("reused" in t.user_attrs for t in pipeline.finished_trials(stage)))
     assert lines["checkpoint"][-2] == lines["stddev"][-2] == "0"
     spent = sum(t.user_attrs["classifier_epochs"] for stage in STAGES for t in pipeline.finished_trials(stage))

@@ -76,7 +76,8 @@ def test_npz_holds_the_chosen_set_reloads_as_a_data_source_and_trains_a_classifi
     assert {k: sidecar[k] for k in best} == best and sidecar["filter"] is True
     assert sidecar["pipeline"] == spec.name and sidecar["recipe"] == "final choice" and sidecar["seed"] == 7
     assert sidecar["gafi_opt_version"] == gafi_opt.__version__ and sidecar["images"] == 300 and sidecar["format"] == "npz"
-    assert 0.0 < sidecar["acceptance_rate"] <= 1.0 and 0 <= sidecar["fallback_samples"] <= 300
+    assert 0.0 <= sidecar["acceptance_rate"] <= 1.0 and 0 <= sidecar["fallback_samples"] <= 300
+    assert sidecar["acceptance_rate"] > 0 or sidecar["fallback_samples"] == 300  # a tiny filter may accept nothing
 
     with np.load(out) as archive:
         assert sorted(archive.files) == ["train_images", "train_labels"]

@@ -81,12 +81,14 @@ def _cas_against_param(pipeline, stage: str, trials) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=[_pct(e["mean"]) for e in choice.estimate], mode="lines", name="smoothed estimate (chooses)",
                                  line={"color": "rgb(31,119,180)"}))  # fmt: skip
     seen = [o for o in choice.observations if not o.pruned] if choice is not None else []
-    score_name = "val CAS, mean of the last epochs" if choice is not None and choice.rule in LATE_RULES else "val CAS"
+    score_name = "val CAS, mean ± sd of the last epochs" if choice is not None and choice.rule in LATE_RULES else "val CAS"
     if seen:
+        spread = [_pct(o.spread) for o in seen]
         fig.add_trace(
             go.Scatter(
                 x=[o.value for o in seen],
                 y=[_pct(o.score) for o in seen],
+                error_y={"type": "data", "array": spread, "visible": any(spread)},
                 mode="markers" if choice.estimate else "lines+markers",
                 name=score_name + (" (raw: one seed per point)" if choice.estimate else ""),
                 marker={"color": "rgb(31,119,180)", "size": 8},

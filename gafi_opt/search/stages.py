@@ -22,7 +22,7 @@ import optuna
 from gafi_opt.spec import Spec, StageSpec
 
 STAGES = ("baseline", "checkpoint", "stddev", "threshold", "final")
-SEARCH_SEED_STRIDE = 1000  # robust rule: search stage k trains with seed spec.seed + 1000 * (k + 1), apart from the final seeds
+SEARCH_SEED_STRIDE = 1000  # every rule but argmax: search stage k trains with seed spec.seed + 1000 * (k + 1), apart from the final seeds
 SEARCH_STAGES = ("checkpoint", "stddev", "threshold")  # in order: each fixes its best value for the next
 KNOB_STAGES = ("sampler", "guidance", "steps")  # a diffusion generator's sampling knobs, searched in this order
 SEARCHED = {
@@ -168,8 +168,8 @@ def search_seed(spec: Spec, stage: str) -> int:
     """The seed every trial of a search stage trains with (common random numbers within the stage).
 
     argmax (the paper): the spec's seed in every stage, so the previous stage's winner recurs as a point
-    of the next stage and is reused with its (lucky) score. robust: a seed of the stage's own, so that
-    point is trained afresh and competes on equal terms.
+    of the next stage and is reused with its (lucky) score. Every other rule: a seed of the stage's own,
+    so that point is trained afresh and competes on equal terms.
     """
     if spec.stage(stage).rule == "argmax":
         return spec.seed
