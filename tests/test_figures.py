@@ -45,7 +45,7 @@ def test_figures_show_the_trials(tiny_pipeline):
         figure = stage_figure(pipeline, stage)
         # What the default rule (late) saw: each trial's val averaged over the epochs after the last lr drop.
         val = next(t for t in figure.data if t.name.startswith("val CAS, mean ± sd of the last epochs"))
-        complete = sorted((t for t in trials if t.value is not None), key=lambda t: t.number)
+        complete = sorted((t for t in trials if t.value is not None), key=lambda t: (t.params[stage], t.number))
         late = late_epochs(spec.cas.epochs, spec.cas.lr_milestones)
         assert list(val.x) == [t.params[stage] for t in complete]
         assert list(val.y) == pytest.approx([100 * statistics.fmean(t.user_attrs["val_history"][-late:]) for t in complete])

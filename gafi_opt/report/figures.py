@@ -81,6 +81,8 @@ def _cas_against_param(pipeline, stage: str, trials) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=[_pct(e["mean"]) for e in choice.estimate], mode="lines", name="smoothed estimate (chooses)",
                                  line={"color": "rgb(31,119,180)"}))  # fmt: skip
     seen = [o for o in choice.observations if not o.pruned] if choice is not None else []
+    if not any(isinstance(o.value, str) for o in seen):  # drawn as a line: in the grid's order, not the trials'
+        seen.sort(key=lambda o: (o.value, o.trial))
     score_name = "val CAS, mean ± sd of the last epochs" if choice is not None and choice.rule in LATE_RULES else "val CAS"
     if seen:
         spread = [_pct(o.spread) for o in seen]
