@@ -5,11 +5,11 @@ The checkpoint stage trains with stddev 1 and filter threshold 0. So the stddev 
 period, seed: the same data recipe), and the threshold stage's point 0.0 is the stddev
 stage's best. A filtered trial also records the thresholds that would have drawn exactly its set
 (gafi_opt.synth.SyntheticSource.same_set_thresholds), so a threshold inside them repeats it too: a
-confident filter makes thresholds 0.0 to 0.3 one set on digits. Such a trial replays the earlier one: its val history is reported again (so
-pruners, successive halving's rungs included, compare against it; whatever the pruner says of
-it is moot, its result is known), its attributes are copied with `reused` naming the source, and it
-costs 0 classifier-epochs. Only search stages reuse: the final and baseline stages always
-train, so their seeds stay independent of any selection.
+confident filter makes thresholds 0.0 to 0.3 one set on digits. Such a trial replays the earlier
+one: its val history is reported again (so pruners, successive halving's rungs included, compare
+against it; whatever the pruner says of it is moot, its result is known), its attributes are
+copied with `reused` naming the source, and it costs 0 classifier-epochs. Only search stages
+reuse: the final and baseline stages always train, so their seeds stay independent of any selection.
 
 Budgeted stages are not handed that point for free: its val CAS won the stage before, so it is
 biased upwards (the winner's curse) and a budgeted stage's few fresh trials rarely beat it. On
