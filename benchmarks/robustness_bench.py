@@ -20,6 +20,7 @@ seed), and the classifier-epochs the search stages spent beside what the paper's
 
     .venv/bin/python benchmarks/robustness_bench.py                      # 5 seeds, both datasets
     .venv/bin/python benchmarks/robustness_bench.py --datasets digits --seeds 2
+    .venv/bin/python benchmarks/robustness_bench.py --datasets digits --keep DIR --report   # a kept run's table, run nothing
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import optuna
 from optuna.trial import TrialState
 
 from gafi_opt import load_spec, open_storage, run_pipeline, summary_row
+from gafi_opt.pipeline import Pipeline
 from gafi_opt.report.health import stage_warnings
 from gafi_opt.search.stages import SEARCH_STAGES, grid
 from gafi_opt.spec import PAPER_SELECTION, RULES
@@ -82,6 +84,11 @@ def run_one(dataset: str, seed: int, rule: str, scratch: Path, storage, extra: l
     spec = load_spec(STUDIES[dataset], overrides)
     started = time.perf_counter()
     pipeline = run_pipeline(spec, storage, "cpu", progress=False)
+    return describe(dataset, seed, rule, pipeline, round(time.perf_counter() - started, 1))
+
+
+def describe(dataset: str, seed: int, rule: str, pipeline, seconds: float | None) -> dict:
+    """One finished pipeline's row of the benchmark."""
     row = summary_row(pipeline)
     return {
         "dataset": dataset,
@@ -98,9 +105,9 @@ def run_one(dataset: str, seed: int, rule: str, scratch: Path, storage, extra: l
         "real_test": row["real_test"],
         "gap_closed": row["gap_closed"],
         "search_epochs": search_epochs(pipeline),
-        "exhaustive_grid_epochs": exhaustive_epochs(spec),
+        "exhaustive_grid_epochs": exhaustive_epochs(pipeline.spec),
         "warnings": stage_warnings(pipeline),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": seconds,
     }
 
 
@@ -157,6 +164,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--set", action="append", default=[], help="extra spec overrides for every pipeline")
     parser.add_argument("--keep", default=None, help="keep the run directories and storage in this folder (default: a scratch folder, removed)")
+    parser.add_argument("--report", action="store_true", help="run nothing: the table of the finished pipelines kept in --keep")
     parser.add_argument("--output", type=result_name, default="robustness_bench", help="results file name under benchmarks/results/ (.json)")
     args = parser.parse_args()
     set_threads(args.threads)
@@ -164,6 +172,8 @@ def main() -> None:
     started_machine, started = machine(), time.perf_counter()
     if "textures" in args.datasets and not TEXTURES.exists():
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "textures_npz.py"), str(TEXTURES)], check=True)
+    if args.report and not args.keep:
+        parser.error("--report reads the pipelines kept in --keep")
     scratch = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gafi-robustness-"))
     scratch.mkdir(parents=True, exist_ok=True)
     storage = open_storage(f"sqlite:///{scratch / 'robustness.db'}")
@@ -172,7 +182,10 @@ def main() -> None:
         for dataset in args.datasets:
             for seed in range(args.seeds):
                 for rule in args.rules:  # rules interleaved within each seed
-                    run = run_one(dataset, seed, rule, scratch, storage, args.set)
+                    if args.report:  # as stored, whatever the code's defaults are now
+                        run = describe(dataset, seed, rule, Pipeline.load(storage, f"{dataset}-s{seed}-{rule}"), None)
+                    else:
+                        run = run_one(dataset, seed, rule, scratch, storage, args.set)
                     runs.append(run)
                     print(
                         f"{dataset} seed {seed} {rule:7s} chosen {run['checkpoint']}/{run['stddev']:g}/{run['threshold']:g}  "
