@@ -32,6 +32,19 @@ def tiny_overrides(run_dir: Path, name: str = "tiny") -> list[str]:
     return [*TINY, f"name={name}", f"run_dir={run_dir}"]
 
 
+def assert_user_error(result, *fragments) -> str:
+    """A CLI result that is bad input told in one line: exit status 2, `gafi-opt: error: ...` naming each
+    fragment, no traceback; returns the line."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("gafi-opt: error: ")
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
     # Tests run beside each other on small machines; one thread avoids oversubscription.
@@ -53,6 +66,19 @@ def tiny_pipeline(tmp_path_factory):
     assert result.exit_code == 0, result.output
     spec = load_spec(DIGITS, overrides)
     return spec, spec.storage_url
+
+
+@pytest.fixture
+def byo_checkpoints(tiny_pipeline, tmp_path):
+    """The tiny pipeline's checkpoints (epochs 1-3) as a 'bring your own' folder, and the run's overrides."""
+    import shutil
+
+    spec, _ = tiny_pipeline
+    folder = tmp_path / "ckpts"
+    shutil.copytree(spec.run_path / "generator", folder, ignore=shutil.ignore_patterns("state.pt*"))
+    shutil.copy(spec.run_path / "filter.pt", tmp_path / "filter.pt")
+    overrides = tiny_overrides(tmp_path, "byo") + [f"generator.checkpoints={folder}"]
+    return folder, overrides
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import DIGITS, ROOT, tiny_overrides
+from conftest import DIGITS, ROOT, assert_user_error, tiny_overrides
 
 from gafi_opt.cli import main
 from gafi_opt.pipeline import Pipeline
@@ -17,16 +17,6 @@ from gafi_opt.storages import open_storage
 
 def sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("gafi-opt: error: ")
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def invoke(*args):
@@ -73,38 +63,27 @@ def test_unknown_pipeline(tiny_pipeline):
     assert_user_error(invoke("export", "--storage", url, "--pipeline", "absent"), "no pipeline 'absent'", spec.name)
 
 
-@pytest.fixture
-def byo_run(tiny_pipeline, tmp_path):
-    """A copy of the tiny pipeline's checkpoints as a 'bring your own' folder, and its overrides."""
-    spec, _ = tiny_pipeline
-    folder = tmp_path / "ckpts"
-    shutil.copytree(spec.run_path / "generator", folder, ignore=shutil.ignore_patterns("state.pt*"))
-    shutil.copy(spec.run_path / "filter.pt", tmp_path / "filter.pt")
-    overrides = tiny_overrides(tmp_path, "byo") + [f"generator.checkpoints={folder}"]
-    return folder, overrides
-
-
-def test_checkpoint_folder_without_checkpoints(byo_run, tmp_path):
-    folder, overrides = byo_run
+def test_checkpoint_folder_without_checkpoints(byo_checkpoints, tmp_path):
+    folder, overrides = byo_checkpoints
     for path in folder.glob("*.pt"):
         path.unlink()
     assert_user_error(invoke("run", DIGITS, *sets(overrides)), "no generator checkpoints found", str(folder))
 
 
-def test_checkpoint_that_does_not_fit_the_spec(byo_run):
-    _, overrides = byo_run
+def test_checkpoint_that_does_not_fit_the_spec(byo_checkpoints):
+    _, overrides = byo_checkpoints
     result = invoke("run", DIGITS, *sets(overrides + ["generator.width=64"]))
     assert_user_error(result, "does not fit the spec's generator")
 
 
-def test_corrupt_checkpoint(byo_run):
-    folder, overrides = byo_run
+def test_corrupt_checkpoint(byo_checkpoints):
+    folder, overrides = byo_checkpoints
     (folder / "epoch_0003.pt").write_bytes(b"this is not a checkpoint")
     assert_user_error(invoke("run", DIGITS, *sets(overrides)), "cannot read checkpoint", "epoch_0003.pt")
 
 
-def test_pickled_code_in_a_checkpoint_is_never_executed(byo_run, tmp_path):
-    folder, overrides = byo_run
+def test_pickled_code_in_a_checkpoint_is_never_executed(byo_checkpoints, tmp_path):
+    folder, overrides = byo_checkpoints
     marker = tmp_path / "pwned"
 
     class Exploit:

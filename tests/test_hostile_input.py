@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import DIGITS, ROOT, tiny_overrides
+from conftest import DIGITS, ROOT, assert_user_error, tiny_overrides
 
 from gafi_opt.cli import main
 from gafi_opt.errors import GafiError
@@ -34,17 +34,6 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("gafi-opt: error: ")
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 def assert_no_torch_advice(line: str):
     """Never PyTorch's advice to load with weights_only=False (that runs code from the file), nor its internals."""
     for phrase in ("weights_only", "safe_globals", "can still be loaded", "trust the source", "list index out of range", "Re-running"):
@@ -54,34 +43,23 @@ def assert_no_torch_advice(line: str):
 # ---------------------------------------------------------------- 2. checkpoint file names
 
 
-@pytest.fixture
-def own_checkpoints(tiny_pipeline, tmp_path):
-    """The tiny pipeline's checkpoints (epochs 1-3) as a 'bring your own' folder, and the run's overrides."""
-    spec, _ = tiny_pipeline
-    folder = tmp_path / "ckpts"
-    shutil.copytree(spec.run_path / "generator", folder, ignore=shutil.ignore_patterns("state.pt*"))
-    shutil.copy(spec.run_path / "filter.pt", tmp_path / "filter.pt")
-    overrides = tiny_overrides(tmp_path, "byo") + [f"generator.checkpoints={folder}"]
-    return folder, overrides
-
-
-def test_a_file_that_is_not_a_checkpoint_name_is_refused_not_read_as_an_epoch(own_checkpoints):
+def test_a_file_that_is_not_a_checkpoint_name_is_refused_not_read_as_an_epoch(byo_checkpoints):
     # Before: the epoch was the last number in a name, so this backup of epoch 3 became epoch 2.
-    folder, overrides = own_checkpoints
+    folder, overrides = byo_checkpoints
     shutil.copy(folder / "epoch_0003.pt", folder / "epoch_0003_backup2.pt")
     line = assert_user_error(invoke("run", DIGITS, "--quiet", *sets(overrides)), "epoch_0003_backup2.pt", "is not a checkpoint name")
     assert "epoch_0012.pt" in line  # says what a name looks like
 
 
-def test_two_files_for_one_epoch_are_refused_naming_both(own_checkpoints):
+def test_two_files_for_one_epoch_are_refused_naming_both(byo_checkpoints):
     # Before: whichever the glob listed last won.
-    folder, overrides = own_checkpoints
+    folder, overrides = byo_checkpoints
     shutil.copy(folder / "epoch_0002.pt", folder / "epoch_2.pt")
     assert_user_error(invoke("run", DIGITS, "--quiet", *sets(overrides)), "epoch 2", str(folder / "epoch_0002.pt"), str(folder / "epoch_2.pt"))
 
 
-def test_a_glob_is_held_to_the_same_names(own_checkpoints, tmp_path):
-    folder, overrides = own_checkpoints
+def test_a_glob_is_held_to_the_same_names(byo_checkpoints, tmp_path):
+    folder, overrides = byo_checkpoints
     (folder / "notes.txt").write_text("trained on Tuesday")
     # A folder takes its *.pt files, so the notes are no checkpoint; a glob that matches them is refused.
     glob_overrides = overrides[:-1] + [f"generator.checkpoints={folder}/*"]
@@ -106,8 +84,8 @@ def test_checkpoint_names_accepted():
         (b"PK\x03\x04" + bytes(40), "not a file of weights written by torch.save"),
     ],
 )
-def test_a_checkpoint_linked_to_a_file_that_is_not_one(own_checkpoints, tmp_path, content, fragment):
-    folder, overrides = own_checkpoints
+def test_a_checkpoint_linked_to_a_file_that_is_not_one(byo_checkpoints, tmp_path, content, fragment):
+    folder, overrides = byo_checkpoints
     target = tmp_path / "elsewhere.txt"
     target.write_bytes(content)
     (folder / "epoch_0003.pt").unlink()
@@ -116,8 +94,8 @@ def test_a_checkpoint_linked_to_a_file_that_is_not_one(own_checkpoints, tmp_path
     assert_no_torch_advice(line)
 
 
-def test_pickled_code_is_refused_without_advice_to_run_it(own_checkpoints, tmp_path):
-    folder, overrides = own_checkpoints
+def test_pickled_code_is_refused_without_advice_to_run_it(byo_checkpoints, tmp_path):
+    folder, overrides = byo_checkpoints
     marker = tmp_path / "pwned"
 
     class Exploit:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import DIGITS, tiny_overrides
+from conftest import DIGITS, assert_user_error, tiny_overrides
 from torchvision.datasets import ImageFolder
 
 import gafi_opt
@@ -32,14 +32,6 @@ def sample(url, name, out, *extra):
     result = invoke("sample", "--storage", url, "--pipeline", name, "-o", out, "--quiet", *extra)
     assert result.exit_code == 0, result.output
     return result
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("gafi-opt: error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -257,11 +257,11 @@ class Pipeline:
             return Choice.from_json(json.loads(frozen))
         trials = [] if study is None else study.get_trials(deepcopy=False, states=FINISHED)
         key = "test_acc" if self.spec.selection == "test" else "val_acc"
-        rule = self.spec.stage(stage).rule if stage in search_stages(self.spec) else "argmax"
+        rule = self.spec.stage(stage).rule if stage in self.search_stages else "argmax"
         made = choose(rule, trials, SEARCHED[stage], grid(self.spec, stage), key, late_epochs(self.spec.cas.epochs, self.spec.cas.lr_milestones))
         if made is None:
             raise GafiError(f"stage {stage} of pipeline {self.name!r} has no complete trial")
-        if stage in search_stages(self.spec) and self.stage_complete(stage):
+        if stage in self.search_stages and self.stage_complete(stage):
             set_once(self.storage, study._study_id, CHOICE_ATTR, json.dumps(made.to_json()))
             return Choice.from_json(json.loads(self.storage.get_study_system_attrs(study._study_id)[CHOICE_ATTR]))
         return made
