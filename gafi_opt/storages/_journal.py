@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import socket
@@ -74,15 +75,36 @@ class CheckedJournalFileBackend(JournalFileBackend):
 
     def __init__(self, path: str, lock_obj):
         super().__init__(path, lock_obj=lock_obj)  # creates the file if it is not there
+        self.path = path
+        self.journal_lock = lock_obj
         self.identity = FileIdentity(path)
 
     def read_logs(self, log_number_from: int):
         self.identity.check()
-        return super().read_logs(log_number_from)
+        try:
+            yield from super().read_logs(log_number_from)
+        except FileNotFoundError:  # deleted between the check and the open
+            self.identity.check()
+            raise
 
     def append_logs(self, logs: list) -> None:
-        self.identity.check()
-        super().append_logs(logs)
+        """Optuna's append, except that it opens without creating and writes only to the file it
+        opened first: Optuna's own opens with "ab", which makes a new journal where one was deleted."""
+        lines = "".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in logs).encode()
+        self.journal_lock.acquire()
+        try:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            except FileNotFoundError:
+                self.identity.check()
+                raise
+            with open(fd, "ab") as journal:
+                self.identity.check_open(fd)
+                journal.write(lines)
+                journal.flush()
+                os.fsync(fd)
+        finally:
+            self.journal_lock.release()
 
 
 class JournalLock(JournalFileOpenLock):

@@ -31,6 +31,13 @@ class FileIdentity:
             fate = self._fate()
             then = ", so that nothing is written where no one will read it" if fate == "deleted" else "; move it back and start again to go on"
             raise StorageLost(f"the storage file {self.path} was {fate} while this process used it: stopped{then}") from None
+        self._same_or_raise(status)
+
+    def check_open(self, fd: int) -> None:
+        """Raise StorageLost unless the open descriptor fd is the file that was opened first."""
+        self._same_or_raise(os.fstat(fd))
+
+    def _same_or_raise(self, status: os.stat_result) -> None:
         if (status.st_dev, status.st_ino) != self.key:
             raise StorageLost(
                 f"the storage file {self.path} was replaced by another file while this process used it: stopped without writing to the new one"
