@@ -43,12 +43,13 @@ def test_robust_scores_average_the_late_epochs_and_argmax_takes_the_last():
     assert trial_score(pruned, "robust", "val_acc", 2) == 0.6  # the val at the cut
 
 
-def test_one_lucky_point_wins_the_argmax_but_not_the_smoothed_estimate():
+@pytest.mark.parametrize("rule", ["robust", "trend"])
+def test_one_lucky_point_wins_the_argmax_but_not_the_smoothed_estimate(rule):
     trials = [trial(i, v, [curve(v)]) for i, v in enumerate(GRID)]
     lucky = GRID.index(1.1)
     trials[lucky] = trial(lucky, 1.1, [curve(1.6) + 0.02])  # one val split that happened to like 1.1
     assert choose("argmax", trials, "stddev", GRID).value == 1.1
-    robust = choose("robust", trials, "stddev", GRID, late=1)
+    robust = choose(rule, trials, "stddev", GRID, late=1)
     assert robust.value in (1.5, 1.6, 1.7)
     assert len(robust.estimate) == len(GRID) and all(e["sd"] >= 0 for e in robust.estimate)
     assert robust.trial == GRID.index(robust.value) and robust.score == pytest.approx(max(e["mean"] for e in robust.estimate))
@@ -56,26 +57,39 @@ def test_one_lucky_point_wins_the_argmax_but_not_the_smoothed_estimate():
 
 def test_pruned_trials_are_seen_but_never_chosen():
     trials = [trial(0, 1.0, [0.80]), trial(1, 1.1, [0.99], state=TrialState.PRUNED), trial(2, 1.2, [0.85])]
-    for rule in ("argmax", "robust"):
+    for rule in ("argmax", "robust", "trend"):
         made = choose(rule, trials, "stddev", GRID)
         assert made.value == 1.2 and [o.pruned for o in made.observations] == [False, True, False]
 
 
-def test_two_points_are_compared_by_their_means_and_nothing_complete_is_no_choice():
+@pytest.mark.parametrize("rule", ["robust", "trend"])
+def test_two_points_are_compared_by_their_means_and_nothing_complete_is_no_choice(rule):
     trials = [trial(0, 1.0, [0.90]), trial(1, 1.5, [0.95]), trial(2, 1.0, [0.98])]
     assert choose("argmax", trials, "stddev", GRID).value == 1.0  # its one lucky trial
-    made = choose("robust", trials, "stddev", GRID)
+    made = choose(rule, trials, "stddev", GRID)
     assert made.value == 1.5 and made.score == pytest.approx(0.95) and made.trial == 1
     assert {e["value"]: e["mean"] for e in made.estimate}[1.0] == pytest.approx(0.94)
-    assert choose("robust", [trial(0, 1.0, [0.5], state=TrialState.PRUNED)], "stddev", GRID) is None
+    assert choose(rule, [trial(0, 1.0, [0.5], state=TrialState.PRUNED)], "stddev", GRID) is None
 
 
-def test_a_choice_survives_json():
+@pytest.mark.parametrize("rule", ["robust", "trend"])
+def test_a_choice_survives_json(rule):
     trials = [trial(i, v, [curve(v)]) for i, v in enumerate(GRID)]
-    made = choose("robust", trials, "stddev", GRID)
+    made = choose(rule, trials, "stddev", GRID)
     assert Choice.from_json(json.loads(json.dumps(made.to_json()))) == made
 
 
-def test_the_robust_choice_is_deterministic():
+@pytest.mark.parametrize("rule", ["robust", "trend"])
+def test_the_smoothed_choice_is_deterministic(rule):
     trials = [trial(i, v, [curve(v) + (0.01 if i % 3 == 0 else -0.005)]) for i, v in enumerate(GRID)]
-    assert choose("robust", trials, "stddev", GRID) == choose("robust", list(reversed(trials)), "stddev", GRID)
+    assert choose(rule, trials, "stddev", GRID) == choose(rule, list(reversed(trials)), "stddev", GRID)
+
+
+def test_the_local_trend_follows_a_rising_curve_to_the_end_of_the_grid():
+    wobble = [0.004, -0.004, 0.004, -0.004, 0.004, -0.004, 0.004, 0.008, -0.006, -0.004, -0.004]
+    trials = [trial(i, v, [0.90 + 0.02 * (v - 1.0) + wobble[i]]) for i, v in enumerate(GRID)]
+    assert choose("argmax", trials, "stddev", GRID).value == 1.7  # one lucky draw near the end
+    made = choose("trend", trials, "stddev", GRID)
+    assert made.value == 2.0
+    estimate = {e["value"]: e for e in made.estimate}
+    assert estimate[2.0]["mean"] == pytest.approx(0.92, abs=0.004) and estimate[2.0]["sd"] > 0
