@@ -20,7 +20,7 @@ def test_digits_preset_loads():
     spec = load_spec(STUDIES / "digits.toml")
     assert spec.name == "digits" and spec.data.source == "digits"
     assert spec.checkpoint.values == tuple(float(v) for v in range(10, 101, 10))
-    assert spec.stddev.values[0] == 1.0 and spec.stddev.values[-1] == 2.0 and len(spec.stddev.values) == 11
+    assert spec.stddev.values[0] == 1.0 and spec.stddev.values[-1] == 3.4 and len(spec.stddev.values) == 9
     assert spec.threshold.values == tuple(round(0.1 * i, 10) for i in range(10))
     assert spec.final.recycle_every == 1 and spec.checkpoint.recycle_every == 10
 

@@ -237,7 +237,7 @@ def test_budgeted_stages_build_tpe_gp_sha_and_hyperband():
     # First cut right after the first learning-rate drop (epoch 9 of 15), unless the spec says otherwise.
     assert pruner_min_epochs(spec, "checkpoint") == 10
     assert pruner_min_epochs(budget_spec("checkpoint.pruner_min_epochs=3"), "checkpoint") == 3
-    assert trial_budget(spec, "checkpoint") == 6 and trial_budget(spec, "stddev") == 11 // 4
+    assert trial_budget(spec, "checkpoint") == 6 and trial_budget(spec, "stddev") == 9 // 4
     assert not isinstance(make_sampler(spec, "threshold"), UniquePointSampler)  # grid stage: enqueued trials only
 
 
@@ -261,7 +261,7 @@ def test_budgeted_search_never_repeats_a_grid_point(stage, search):
 
 
 def test_a_budgeted_checkpoint_stage_starts_at_the_last_checkpoint():
-    spec = budget_spec()  # checkpoint: tpe, 6 trials; stddev: gp, 11 // 4 trials
+    spec = budget_spec()  # checkpoint: tpe, 6 trials; stddev: gp, 9 // 4 trials
     assert stage_slot_params(spec, "checkpoint") == [{"checkpoint": 100}] + [{}] * 5
     assert stage_slot_params(spec, "stddev") == [{}] * 2  # no free point: it would win by the winner's curse
     # A grid stage takes its points spread over the range (the last, the first, the middle, ...), so a
