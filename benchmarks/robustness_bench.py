@@ -40,6 +40,7 @@ import optuna
 from optuna.trial import TrialState
 
 from gafi_opt import load_spec, open_storage, run_pipeline, summary_row
+from gafi_opt.errors import GafiError
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.report.health import stage_warnings
 from gafi_opt.search.stages import SEARCH_STAGES, grid
@@ -85,6 +86,17 @@ def run_one(dataset: str, seed: int, rule: str, scratch: Path, storage, extra: l
     started = time.perf_counter()
     pipeline = run_pipeline(spec, storage, "cpu", progress=False)
     return describe(dataset, seed, rule, pipeline, round(time.perf_counter() - started, 1))
+
+
+def kept_pipeline(parser: argparse.ArgumentParser, storage, name: str) -> Pipeline:
+    """A finished pipeline of a kept run, or a one-line error (exit 2) saying which is missing or unfinished."""
+    try:
+        pipeline = Pipeline.load(storage, name)
+    except GafiError as exc:
+        parser.error(f"--report: {exc}")
+    if not pipeline.stage_complete("final"):
+        parser.error(f"--report: pipeline {name!r} is not finished (run it without --report, or ask for fewer --seeds or --rules)")
+    return pipeline
 
 
 def describe(dataset: str, seed: int, rule: str, pipeline, seconds: float | None) -> dict:
@@ -174,6 +186,8 @@ def main() -> None:
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "textures_npz.py"), str(TEXTURES)], check=True)
     if args.report and not args.keep:
         parser.error("--report reads the pipelines kept in --keep")
+    if args.report and not (Path(args.keep) / "robustness.db").exists():
+        parser.error(f"--report: no kept run in {args.keep} (no robustness.db there)")
     scratch = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gafi-robustness-"))
     scratch.mkdir(parents=True, exist_ok=True)
     storage = open_storage(f"sqlite:///{scratch / 'robustness.db'}")
@@ -183,7 +197,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 for rule in args.rules:  # rules interleaved within each seed
                     if args.report:  # as stored, whatever the code's defaults are now
-                        run = describe(dataset, seed, rule, Pipeline.load(storage, f"{dataset}-s{seed}-{rule}"), None)
+                        run = describe(dataset, seed, rule, kept_pipeline(parser, storage, f"{dataset}-s{seed}-{rule}"), None)
                     else:
                         run = run_one(dataset, seed, rule, scratch, storage, args.set)
                     runs.append(run)
