@@ -136,7 +136,7 @@ class StageSpec:
     pruner_min_epochs: int = 0  # sha/hyperband: epochs before the first cut (0: the epoch after cas's first lr milestone)
     pruner_reduction: int = 3  # sha/hyperband: keep 1 trial in this many at each rung
     seeds: int = 1  # repetitions of each point with different seeds (final stage)
-    rule: str = "late"  # how a search stage chooses (gafi_opt.search.selection): argmax (paper), fresh, late, robust, trend
+    rule: str = "trend"  # how a search stage chooses (gafi_opt.search.selection): argmax (paper), fresh, late, robust, trend
 
 
 @dataclass(frozen=True)

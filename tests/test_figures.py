@@ -43,7 +43,7 @@ def test_figures_show_the_trials(tiny_pipeline):
     for stage in ("checkpoint", "stddev", "threshold"):
         trials = pipeline.finished_trials(stage)
         figure = stage_figure(pipeline, stage)
-        # What the default rule (late) saw: each trial's val averaged over the epochs after the last lr drop.
+        # What the default rule saw: each trial's val averaged over the epochs after the last lr drop.
         val = next(t for t in figure.data if t.name.startswith("val CAS, mean ± sd of the last epochs"))
         complete = sorted((t for t in trials if t.value is not None), key=lambda t: (t.params[stage], t.number))
         late = late_epochs(spec.cas.epochs, spec.cas.lr_milestones)
@@ -51,8 +51,9 @@ def test_figures_show_the_trials(tiny_pipeline):
         assert list(val.y) == pytest.approx([100 * statistics.fmean(t.user_attrs["val_history"][-late:]) for t in complete])
         assert list(val.error_y.array) == pytest.approx([100 * statistics.pstdev(t.user_attrs["val_history"][-late:]) for t in complete])
         best = pipeline.best_trial(stage)
-        star = next(t for t in figure.data if t.name.startswith("chosen (late)"))
-        assert list(star.x) == [best.params[stage]] and "(rule: late)" in figure.layout.title.text
+        rule = spec.stage(stage).rule
+        star = next(t for t in figure.data if t.name.startswith(f"chosen ({rule})"))
+        assert list(star.x) == [best.params[stage]] and f"(rule: {rule})" in figure.layout.title.text
         curves = val_curves_figure(pipeline, stage)
         assert list(curves.data[0].y) == pytest.approx([100 * v for v in best.user_attrs["val_history"]])
         history = history_figure(pipeline, stage)
