@@ -328,7 +328,11 @@ def test_ctrl_c_in_train_generator_speaks_of_its_epochs_not_a_storage(tmp_path):
     command = [sys.executable, "-m", "gafi_opt.cli", "train-generator", str(DIGITS), "--quiet"]
     command += sets(tiny_overrides(run_dir) + ["generator.epochs=10000"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    # A shell that starts the suite in the background has SIGINT ignored, and a child inherits that:
+    # the child gets Ctrl-C as a terminal would deliver it.
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    )
     try:
         deadline = time.monotonic() + 120
         while not (run_dir / "generator" / "epoch_0002.pt").exists():
@@ -345,6 +349,41 @@ def test_ctrl_c_in_train_generator_speaks_of_its_epochs_not_a_storage(tmp_path):
     assert lines[0].startswith("gafi-opt: interrupted; ") and "last finished epoch is kept" in lines[0] and "resume" in lines[0]
     assert "storage" not in lines[0] and "trials" not in lines[0]
     assert not list((run_dir / "generator").glob("*.tmp"))  # nothing half-written left behind
+
+
+class SendsCtrlC:
+    """Pickled inside torch.save, it sends this process SIGINT `times` times: Ctrl-C in the middle of a save."""
+
+    def __init__(self, times: int):
+        self.times = times
+
+    def __reduce__(self):
+        for _ in range(self.times):
+            os.kill(os.getpid(), signal.SIGINT)
+        return (int, (7,))
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C as Python takes it by default (a suite started in the background has SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_in_the_middle_of_a_save_waits_for_the_file_then_stops(tmp_path, ctrl_c_raises):
+    from gafi_opt.models.checkpoints import atomic_save
+
+    path = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"weights": torch.ones(3), "marker": SendsCtrlC(1)}, path)
+    saved = torch.load(path, weights_only=False)  # our own file: whole, then the stop
+    assert saved["marker"] == 7 and torch.equal(saved["weights"], torch.ones(3))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # A second Ctrl-C stops at once, leaving nothing behind.
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"marker": SendsCtrlC(2)}, tmp_path / "other.pt")
+    assert not (tmp_path / "other.pt").exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_a_study_file_that_starts_with_a_bom(tmp_path):

@@ -14,9 +14,12 @@ pickle from disk is ever executed.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -140,15 +143,17 @@ def load_generator(spec: Spec, path: Path, image_shape, num_classes: int, device
 
 def atomic_save(obj, path: Path) -> None:
     """Write then rename, so an interruption never leaves a truncated file. A failed write (a full
-    disk) is a GafiError naming the file and the cause, and the partial file is removed."""
+    disk) is a GafiError naming the file and the cause, and the partial file is removed. Ctrl-C or
+    SIGTERM during the write waits for it to end (held_signals), then stops as it would have."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Through a Python file a failed write raises OSError with its errno (ENOSPC); torch's own
         # writer would report only "unexpected pos".
-        with open(tmp, "wb") as file:
-            torch.save(obj, file)
-        os.replace(tmp, path)
+        with held_signals():
+            with open(tmp, "wb") as file:
+                torch.save(obj, file)
+            os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         # torch wraps what its writer met (Ctrl-C, a full disk) in a RuntimeError: look behind it.
@@ -163,6 +168,38 @@ def atomic_save(obj, path: Path) -> None:
             raise
         reason = os.strerror(cause.errno) if cause.errno else one_line(cause)
         raise GafiError(f"cannot write {path}: {reason[:1].lower()}{reason[1:]}") from None
+
+
+@contextlib.contextmanager
+def held_signals():
+    """SIGINT and SIGTERM wait until the block ends, then reach the handlers they would have reached.
+
+    torch's zip writer calls back into Python to write; a KeyboardInterrupt raised inside such a call
+    (a write cut by the signal) comes out of it as a RuntimeError ("unexpected pos"), which would read as
+    a failed write. Held, the save ends whole and the stop comes after it. A second signal stops at once.
+    Signals reach only the main thread, so elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum, _frame):
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: handler for signum, handler in previous.items() if handler is not None}  # None: not set from Python
+    for signum in previous:
+        signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:
