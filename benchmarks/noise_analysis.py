@@ -13,7 +13,7 @@ tables, written with the raw numbers to benchmarks/results/<output>.json:
    classifier seeds put on CAS test − synthetic baseline, against the spread of that gain over pipeline seeds,
    and the standard error it implies for a seed's share of the gap closed.
 
-    .venv/bin/python benchmarks/noise_analysis.py --keep /tmp/rb/digits --output noise_analysis_digits_amd
+    .venv/bin/python benchmarks/noise_analysis.py --keep /tmp/rb/digits-nopr --output noise_analysis_digits_amd_no_pruning
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 from gafi_opt import open_storage
 from gafi_opt.pipeline import Pipeline
 from gafi_opt.pipeline.store import pipeline_names
-from gafi_opt.search.selection import late_epochs
+from gafi_opt.search.selection import late_epochs, trial_score
 from gafi_opt.search.stages import SEARCH_STAGES
 
 LATE_WINDOWS = (1, 2, 3, 4, 6)
@@ -61,7 +61,7 @@ def stage_curves(pipelines: list[Pipeline]) -> dict:
             if len(done) < 3:
                 continue
             tests = [t.user_attrs["test_acc"] for t in done]
-            vals = [float(np.mean(t.user_attrs["val_history"][-late:])) for t in done]
+            vals = [trial_score(t, "late", "val_acc", late) for t in done]
             for trial, test, val in zip(done, tests, vals):
                 point = pooled[stage][float(trial.params[stage])]
                 point["test"].append(test - statistics.fmean(tests))
@@ -92,7 +92,7 @@ def score_correlations(pipelines: list[Pipeline]) -> dict:
                 continue
             tests = [t.user_attrs["test_acc"] for t in done]
             for k in LATE_WINDOWS:
-                rho = spearmanr([np.mean(t.user_attrs["val_history"][-k:]) for t in done], tests).statistic
+                rho = spearmanr([trial_score(t, "late", "val_acc", k) for t in done], tests).statistic
                 if np.isfinite(rho):
                     found[k].append(float(rho))
     return {str(k): {"spearman": statistics.fmean(v), "stages": len(v)} for k, v in found.items() if v}
