@@ -44,6 +44,7 @@ class CasResult:
     fallback: int
     filled: int  # slots the synthetic set filled over the trial (fallback ones included)
     val_history: list[float] = field(default_factory=list)
+    val_soft_history: list[float] = field(default_factory=list)  # per epoch: mean val probability of the true class
     pruned: bool = False
     same_set_thresholds: tuple[float, float] | None = None  # SyntheticSource.same_set_thresholds
     # A few images per class of the final synthetic set (uint8, CPU), for the dashboard's sample grid.
@@ -63,6 +64,7 @@ class CasResult:
             "fallback_fraction": round(self.fallback / self.filled, 4) if self.filled else 0.0,
             # 4 decimals (finer than any val set's accuracy step) keep the dashboard's attribute line short.
             "val_history": [round(v, 4) for v in self.val_history],
+            "val_soft_history": [round(v, 5) for v in self.val_soft_history],
             **same_set,
         }
 
@@ -149,18 +151,21 @@ def train_cas(
         spec.cas, ctx.data.image_shape, ctx.data.num_classes, ctx.device, seed=config.seed, precision=spec.precision, slot=slot
     )
     history: list[float] = []
+    soft_history: list[float] = []
     bar = tqdm(range(1, spec.cas.epochs + 1), desc=f"{config.stage} trial", unit="epoch", leave=False, disable=not progress)
     for epoch in bar:
         if config.recycle_every and epoch > 1 and (epoch - 1) % config.recycle_every == 0:
             source.recycle(spec.synth.recycle_fraction)
         images, labels = _training_set(ctx, source)
         trainer.train_epoch(images, labels)
-        history.append(trainer.evaluate(*ctx.val))
+        accuracy, soft = trainer.scores(*ctx.val)
+        history.append(accuracy)
+        soft_history.append(soft)
         bar.set_postfix(val_acc=f"{history[-1]:.4f}", accept=f"{source.stats.acceptance_rate:.2f}")
         if trial is not None:
             trial.report(history[-1], epoch)
             if trial.should_prune():
-                result = _result(ctx, trainer, source, history, started, test=False)
+                result = _result(ctx, trainer, source, history, soft_history, started, test=False)
                 result.pruned = True
                 for key, value in result.user_attrs().items():
                     trial.set_user_attr(key, value)
@@ -168,7 +173,7 @@ def train_cas(
                 pruned.result = result  # so the worker can still publish what the trial trained on
                 raise pruned
     bar.close()
-    return _result(ctx, trainer, source, history, started, test=True)
+    return _result(ctx, trainer, source, history, soft_history, started, test=True)
 
 
 def _training_set(ctx: TrialContext, source: SyntheticSource) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +183,7 @@ def _training_set(ctx: TrialContext, source: SyntheticSource) -> tuple[torch.Ten
     return source.images, source.labels
 
 
-def _result(ctx, trainer, source, history, started, test: bool) -> CasResult:
+def _result(ctx, trainer, source, history, soft_history, started, test: bool) -> CasResult:
     return CasResult(
         val_acc=history[-1],
         test_acc=trainer.evaluate(*ctx.test) if test else float("nan"),
@@ -188,6 +193,7 @@ def _result(ctx, trainer, source, history, started, test: bool) -> CasResult:
         fallback=int(source.stats.fallback.sum()),
         filled=int(source.filled),
         val_history=history,
+        val_soft_history=soft_history,
         same_set_thresholds=getattr(source, "same_set_thresholds", None),  # multigen's MultiSource has none
         samples=_class_samples(source, SAMPLES_PER_CLASS),
     )

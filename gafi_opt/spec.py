@@ -31,7 +31,7 @@ AUGMENTATIONS = ("flip", "crop", "cutout")
 DIFFAUG_OPS = ("color", "translation", "cutout")  # gafi_opt.data.augment.diff_augment
 OBJECTIVES = ("synthetic-only", "augment")
 PRECISIONS = ("auto", "fp32", "bf16")  # gafi_opt.accel applies them
-RULES = ("argmax", "fresh", "late", "robust", "trend")  # gafi_opt.search.selection: each adds one remedy to the one before
+RULES = ("argmax", "fresh", "late", "robust", "trend", "soft")  # gafi_opt.search.selection: each adds one remedy to the one before
 SEARCH_STAGE_NAMES = ("checkpoint", "stddev", "threshold")
 # `--paper-selection`; a GAN ignores its diffusion stages' rules
 PAPER_SELECTION = ["selection=test", *(f"{stage}.rule=argmax" for stage in (*SEARCH_STAGE_NAMES, *DIFFUSION_STAGE_NAMES))]
@@ -136,7 +136,7 @@ class StageSpec:
     pruner_min_epochs: int = 0  # sha/hyperband: epochs before the first cut (0: the epoch after cas's first lr milestone)
     pruner_reduction: int = 3  # sha/hyperband: keep 1 trial in this many at each rung
     seeds: int = 1  # repetitions of each point with different seeds (final stage)
-    rule: str = "trend"  # how a search stage chooses (gafi_opt.search.selection): argmax (paper), fresh, late, robust, trend
+    rule: str = "trend"  # how a search stage chooses (gafi_opt.search.selection): argmax (paper), fresh, late, robust, trend, soft
 
 
 @dataclass(frozen=True)

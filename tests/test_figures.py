@@ -8,6 +8,7 @@ import statistics
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import DIGITS, tiny_overrides
 from torch import nn
 
 from gafi_opt.cli import main
@@ -115,3 +116,22 @@ def test_the_key_figure_shows_the_smoothed_estimate_the_rule_chose_by(tmp_path):
     assert list(estimate.x) == [1, 2, 3, 4, 5, 6] and len(choice.observations) == 6
     chosen = next(t for t in figure.data if t.name.startswith("chosen (robust)"))
     assert list(chosen.x) == [choice.value] and list(chosen.y) == pytest.approx([max(estimate.y)])  # the estimate's top
+
+
+def test_the_soft_rule_runs_end_to_end_and_its_figure_shows_the_soft_scores(tiny_pipeline):
+    # The tiny pipeline again under the soft rule, in its own storage beside the tiny run (its models are reused).
+    spec, _ = tiny_pipeline
+    url = f"sqlite:///{spec.run_path.parent / 'soft.db'}"
+    overrides = [*tiny_overrides(spec.run_path, name="tiny-soft"), *(f"{s}.rule=soft" for s in ("checkpoint", "stddev", "threshold"))]
+    result = CliRunner().invoke(main, ["run", str(DIGITS), "--quiet", "--storage", url] + [a for o in overrides for a in ("--set", o)])
+    assert result.exit_code == 0, result.output
+    pipeline = Pipeline.load(url, "tiny-soft")
+    late = late_epochs(spec.cas.epochs, spec.cas.lr_milestones)
+    for stage in ("checkpoint", "stddev", "threshold"):
+        choice = pipeline.choice(stage)
+        complete = sorted((t for t in pipeline.finished_trials(stage) if t.value is not None), key=lambda t: (t.params[stage], t.number))
+        soft = [statistics.fmean(t.user_attrs["val_soft_history"][-late:]) for t in complete]
+        assert choice.rule == "soft" and choice.score == pytest.approx(max(soft))  # two points: nothing to smooth
+        figure = stage_figure(pipeline, stage)
+        shown = next(t for t in figure.data if t.name.startswith("soft val CAS (mean probability of the true class)"))
+        assert list(shown.y) == pytest.approx([100 * s for s in soft])

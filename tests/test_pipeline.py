@@ -93,6 +93,8 @@ def test_trials_record_what_they_trained_on(tiny_pipeline):
             assert 0.0 <= attrs["acceptance_rate"] <= 1.0
             trained = len(attrs["val_history"])
             assert attrs["classifier_epochs"] == (0 if "reused" in attrs else trained)
+            # The soft val accuracy of every epoch beside the accuracy (the `soft` rule's score).
+            assert len(attrs["val_soft_history"]) == trained and all(0.0 < v <= 1.0 for v in attrs["val_soft_history"])
             assert sorted(trial.intermediate_values) == list(range(1, trained + 1))
             if trial.state == TrialState.COMPLETE:
                 assert 0.0 <= attrs["test_acc"] <= 1.0

@@ -11,13 +11,13 @@ from gafi_opt.search.selection import Choice, choose, late_epochs, trial_score
 GRID = [round(1.0 + 0.1 * i, 1) for i in range(11)]
 
 
-def trial(number, value, history, state=TrialState.COMPLETE):
+def trial(number, value, history, state=TrialState.COMPLETE, soft=None):
     made = create_trial(
         state=state,
         value=history[-1] if state == TrialState.COMPLETE else None,
         params={"stddev": value},
         distributions={"stddev": FloatDistribution(1.0, 2.0)},
-        user_attrs={"val_acc": history[-1], "val_history": history},
+        user_attrs={"val_acc": history[-1], "val_history": history, **({} if soft is None else {"val_soft_history": soft})},
         intermediate_values={i + 1: v for i, v in enumerate(history)},
     )
     made.number = number
@@ -93,3 +93,20 @@ def test_the_local_trend_follows_a_rising_curve_to_the_end_of_the_grid():
     assert made.value == 2.0
     estimate = {e["value"]: e for e in made.estimate}
     assert estimate[2.0]["mean"] == pytest.approx(0.92, abs=0.004) and estimate[2.0]["sd"] > 0
+
+
+def test_the_soft_rule_scores_the_mean_true_class_probability_of_the_late_epochs():
+    t = trial(0, 1.0, [0.5, 0.8, 0.9], soft=[0.4, 0.7, 0.75])
+    assert trial_score(t, "soft", "val_acc", 2) == pytest.approx(0.725)
+    assert trial_score(t, "trend", "val_acc", 2) == pytest.approx(0.85)
+    assert trial_score(t, "soft", "test_acc", 2) == 0.9  # test has no history: as it is
+    assert trial_score(trial(1, 1.1, [0.9]), "soft", "val_acc", 1) is None  # no soft scores: not comparable
+
+
+def test_the_soft_rule_chooses_by_how_sure_the_classifier_is_not_by_one_flipped_image():
+    # Accuracy ties everywhere but one lucky point at 1.1; the soft scores follow a curve peaking at 1.7.
+    trials = [trial(i, v, [0.90 + (0.005 if v == 1.1 else 0.0)], soft=[0.85 - 0.2 * (v - 1.7) ** 2]) for i, v in enumerate(GRID)]
+    assert choose("trend", trials, "stddev", GRID).value == 1.1
+    made = choose("soft", trials, "stddev", GRID)
+    assert made.value == 1.7 and made.score == pytest.approx(0.85, abs=0.005)  # a local line cuts a peak a little
+    assert [o.score for o in made.observations] == pytest.approx([0.85 - 0.2 * (v - 1.7) ** 2 for v in GRID])

@@ -70,6 +70,21 @@ def test_decoupled_weight_decay_follows_its_formula():
     assert trainer.optimizer.param_groups[0]["lr"] == 0.1 * 0.1
 
 
+def test_scores_are_top1_accuracy_and_the_mean_probability_of_the_true_class():
+    spec = ClassifierSpec(epochs=2, width=4, batch_size=8, augment=(), eval_batch_size=5)  # batches that do not divide the set
+    trainer = ClassifierTrainer(spec, (1, 8, 8), 3, torch.device("cpu"), seed=1)
+    images = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(12) % 3
+    trainer.train_epoch(images, labels)
+    trainer.model.eval()
+    with torch.no_grad():
+        probabilities = trainer.model(images.float().div(127.5).sub(1)).softmax(1)
+    accuracy, soft = trainer.scores(images, labels)
+    assert accuracy == pytest.approx(float((probabilities.argmax(1) == labels).float().mean())) == trainer.evaluate(images, labels)
+    assert soft == pytest.approx(float(probabilities[torch.arange(12), labels].mean()), abs=1e-6)
+    assert trainer.scores(images[:0], labels[:0]) == (0.0, 0.0)
+
+
 def test_filter_classifier_is_saved_and_reloaded(tmp_path):
     spec = spec_for(tmp_path)
     data = load_data(spec.data)

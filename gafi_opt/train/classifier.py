@@ -100,19 +100,29 @@ class ClassifierTrainer:
             for offset in range(0, idx.numel(), batch):
                 yield x[offset : offset + batch], y[offset : offset + batch]
 
-    @torch.inference_mode()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """Top-1 accuracy as a fraction, in large batches."""
+        return self.scores(images, labels)[0]
+
+    @torch.inference_mode()
+    def scores(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """Top-1 accuracy and soft accuracy (the mean probability given to each image's true class), as
+        fractions. The soft one counts every image by how sure the classifier is, so on a small split it
+        moves in finer steps than the right-or-wrong count."""
         if images.shape[0] == 0:
-            return 0.0
+            return 0.0, 0.0
         self.model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
+        true_probability = torch.zeros((), dtype=torch.float32, device=self.device)
         for start in range(0, images.shape[0], self.spec.eval_batch_size):
             x = self._input(images[start : start + self.spec.eval_batch_size])
+            y = labels[start : start + self.spec.eval_batch_size]
             with autocast(self.device, self.dtype):
                 logits = self.forward(x)
-            correct += (logits.argmax(1) == labels[start : start + self.spec.eval_batch_size]).sum()
-        return float(correct.float() / images.shape[0])  # float32, as accuracy() computes it
+            correct += (logits.argmax(1) == y).sum()
+            true_probability += logits.float().softmax(1).gather(1, y[:, None]).sum()
+        count = images.shape[0]
+        return float(correct.float() / count), float(true_probability / count)  # float32, as accuracy() computes it
 
 
 @torch.inference_mode()
