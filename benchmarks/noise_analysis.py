@@ -8,7 +8,9 @@ tables, written with the raw numbers to benchmarks/results/<output>.json:
    standard error, the same for the late val score, and how many trials there were pruned. A flat curve is
    one no rule can choose well on, and need not.
 2. The score: within each search stage, the rank correlation (Spearman) between a trial's val score and its
-   own test accuracy, for the val averaged over the last 1, 2, 3, 4 and 6 epochs.
+   own test accuracy, for the val averaged over the last 1, 2, 3, 4 and 6 epochs, of the accuracy and (where the
+   trials recorded it) of the soft accuracy the `soft` rule scores by. The same classifier answers val and test,
+   so both correlations carry its luck; they compare scores, not rules.
 3. The ruler: per pipeline of `--rule`, the standard error that the final stage's and the baseline's
    classifier seeds put on CAS test − synthetic baseline, against the spread of that gain over pipeline seeds,
    and the standard error it implies for a seed's share of the gap closed.
@@ -82,20 +84,26 @@ def stage_curves(pipelines: list[Pipeline]) -> dict:
     }
 
 
+SCORES = {"accuracy": "late", "soft accuracy": "soft"}  # the score's name: the rule whose trial_score reads it
+
+
 def score_correlations(pipelines: list[Pipeline]) -> dict:
-    """Mean within-stage Spearman correlation between val averaged over the last k epochs and test."""
-    found = {k: [] for k in LATE_WINDOWS}
+    """Per score, mean within-stage Spearman correlation between val averaged over the last k epochs and test."""
+    found = {(name, k): [] for name in SCORES for k in LATE_WINDOWS}
     for pipeline in pipelines:
         for stage in SEARCH_STAGES:
             done = complete_trials(pipeline, stage)
             if len(done) < MIN_TRIALS:
                 continue
             tests = [t.user_attrs["test_acc"] for t in done]
-            for k in LATE_WINDOWS:
-                rho = spearmanr([trial_score(t, "late", "val_acc", k) for t in done], tests).statistic
+            for (name, k), rhos in found.items():
+                scores = [trial_score(t, SCORES[name], "val_acc", k) for t in done]
+                if None in scores:  # trials from before the soft accuracy was recorded
+                    continue
+                rho = spearmanr(scores, tests).statistic
                 if np.isfinite(rho):
-                    found[k].append(float(rho))
-    return {str(k): {"spearman": statistics.fmean(v), "stages": len(v)} for k, v in found.items() if v}
+                    rhos.append(float(rho))
+    return {name: {str(k): {"spearman": statistics.fmean(found[name, k]), "stages": len(found[name, k])} for k in LATE_WINDOWS if found[name, k]} for name in SCORES}
 
 
 def measurement_noise(pipelines: list[Pipeline]) -> dict:
@@ -161,7 +169,8 @@ def main() -> None:
             )
         )
     parts.append("Within-stage rank correlation of a trial's val score with its own test accuracy:")
-    parts.append(table(["val averaged over the last", "Spearman (mean over stages)", "stages"], [[f"{k} epoch(s)", f"{c['spearman']:.3f}", c["stages"]] for k, c in correlations.items()]))
+    rows = [[name, f"{k} epoch(s)", f"{c['spearman']:.3f}", c["stages"]] for name, by_window in correlations.items() for k, c in by_window.items()]
+    parts.append(table(["val score", "averaged over the last", "Spearman (mean over stages)", "stages"], rows))
     parts.append(
         f"The ruler ({len(noise['pipelines'])} pipelines of rule {args.rule}): standard error of CAS test − baseline from the "
         f"final and baseline seeds {pct(noise['gain_se_mean'])} points on average; spread of that gain over pipeline seeds "

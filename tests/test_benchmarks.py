@@ -46,7 +46,11 @@ def test_gpu_benchmark_code_runs_on_the_cpu(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["synthesis_bench.py", "cas_epoch_bench.py", "search_bench.py", "search_bench_report.py", "diffusion_order_bench.py", "digits_gan_vs_diffusion.py"]
+    "script",
+    [
+        "synthesis_bench.py", "cas_epoch_bench.py", "search_bench.py", "search_bench_report.py", "diffusion_order_bench.py",
+        "digits_gan_vs_diffusion.py", "robustness_bench.py", "noise_analysis.py",
+    ],
 )
 def test_benchmark_help_explains_itself(script):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True, timeout=120)
