@@ -103,7 +103,10 @@ def score_correlations(pipelines: list[Pipeline]) -> dict:
                 rho = spearmanr(scores, tests).statistic
                 if np.isfinite(rho):
                     rhos.append(float(rho))
-    return {name: {str(k): {"spearman": statistics.fmean(found[name, k]), "stages": len(found[name, k])} for k in LATE_WINDOWS if found[name, k]} for name in SCORES}
+    return {
+        name: {str(k): {"spearman": statistics.fmean(found[name, k]), "stages": len(found[name, k])} for k in LATE_WINDOWS if found[name, k]}
+        for name in SCORES
+    }
 
 
 def measurement_noise(pipelines: list[Pipeline]) -> dict:
