@@ -40,6 +40,7 @@ from gafi_opt.search.stages import SEARCH_STAGES
 
 LATE_WINDOWS = (1, 2, 3, 4, 6)
 MIN_TRIALS = 4  # a stage with fewer complete trials says nothing about ranks
+SCORES = {"accuracy": "late", "soft accuracy": "soft"}  # the score's name: the rule whose trial_score reads it
 
 
 def complete_trials(pipeline: Pipeline, stage: str) -> list:
@@ -82,9 +83,6 @@ def stage_curves(pipelines: list[Pipeline]) -> dict:
         ]
         for stage, points in pooled.items()
     }
-
-
-SCORES = {"accuracy": "late", "soft accuracy": "soft"}  # the score's name: the rule whose trial_score reads it
 
 
 def score_correlations(pipelines: list[Pipeline]) -> dict:

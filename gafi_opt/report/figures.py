@@ -83,9 +83,12 @@ def _cas_against_param(pipeline, stage: str, trials) -> go.Figure:
     seen = [o for o in choice.observations if not o.pruned] if choice is not None else []
     if not any(isinstance(o.value, str) for o in seen):  # drawn as a line: in the grid's order, not the trials'
         seen.sort(key=lambda o: (o.value, o.trial))
-    score_name = "val CAS" if choice is None or choice.rule not in LATE_RULES else "val CAS, mean ± sd of the last epochs"
-    if choice is not None and choice.rule == "soft":
+    if choice is None or choice.rule not in LATE_RULES:
+        score_name = "val CAS"
+    elif choice.rule == "soft":
         score_name = "soft val CAS (mean probability of the true class), mean ± sd of the last epochs"
+    else:
+        score_name = "val CAS, mean ± sd of the last epochs"
     if seen:
         spread = [_pct(o.spread) for o in seen]
         fig.add_trace(
